@@ -1,0 +1,144 @@
+// Phase geometry of a transposed convolution: the one home of the padding arithmetic, the per-phase sub-kernel
+// taps and the per-phase output extents. Used by the Python side (through the nanobind module), by the CPU
+// kernels and by the host code of the CUDA kernels. Plain C++17, no XLA or CUDA headers.
+//
+// One spatial axis of `conv_general_dilated(x, w, window_strides=1, padding=(lo, hi), lhs_dilation=s,
+// rhs_dilation=d)`:
+//
+//   y[o] = sum_k x[j] * w[k]   over the k in [0, K) for which  o + d*k - lo = j*s  with 0 <= j < H.
+//
+// Write o = q*s + r with r in [0, s) (the output's *phase*). Tap k reaches phase r exactly when
+// (r + d*k - lo) is a multiple of s, and then j = q + off with off = (r + d*k - lo) / s. So every phase is a
+// stride-1 correlation of the *undilated* input with its own sub-kernel (its taps), and every tap belongs to
+// exactly one phase. Nothing reads an inserted zero and nothing computes an output that is not asked for.
+#ifndef JAXSEG_COMMON_PHASE_GEOMETRY_H_
+#define JAXSEG_COMMON_PHASE_GEOMETRY_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace jaxseg {
+
+// Floor division and modulus for a positive divisor, exact for negative numerators.
+inline int64_t FloorDiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t FloorMod(int64_t a, int64_t b) { return a - FloorDiv(a, b) * b; }
+inline int64_t CeilDiv(int64_t a, int64_t b) { return -FloorDiv(-a, b); }
+
+// Size of the kernel with its dilation applied: d*(K-1)+1 (0 for an empty kernel).
+inline int64_t EffectiveKernelSize(int64_t kernel, int64_t dilation) {
+  return kernel == 0 ? 0 : dilation * (kernel - 1) + 1;
+}
+
+// Length of the output axis: (H-1)*s + 1 + lo + hi - (d*(K-1)+1) + 1. Zero for an empty input axis.
+inline int64_t OutputSize(int64_t in, int64_t kernel, int64_t stride, int64_t dilation, int64_t lo,
+                          int64_t hi) {
+  const int64_t dilated_in = in == 0 ? 0 : (in - 1) * stride + 1;
+  return dilated_in + lo + hi - EffectiveKernelSize(kernel, dilation) + 1;
+}
+
+// Padding (lo, hi) of the dilated input for jax.lax.conv_transpose's 'SAME' and 'VALID' (`mode` upper case),
+// given the effective kernel size k and the stride s.
+inline bool StringPadding(const std::string& mode, int64_t k, int64_t s, int64_t* lo, int64_t* hi) {
+  int64_t total;
+  if (mode == "SAME") {
+    total = k + s - 2;
+    *lo = s > k - 1 ? k - 1 : CeilDiv(total, 2);
+  } else if (mode == "VALID") {
+    total = k + s - 2 + std::max<int64_t>(k - s, 0);
+    *lo = k - 1;
+  } else {
+    return false;
+  }
+  *hi = total - *lo;
+  return true;
+}
+
+// Padding of the dilated input that makes conv_transpose the gradient of a forward convolution padded by
+// (p_lo, p_hi): `use_consistent_padding=True`, PyTorch's meaning of `padding`.
+inline std::pair<int64_t, int64_t> ConsistentPadding(int64_t k, int64_t p_lo, int64_t p_hi) {
+  return {k - 1 - p_lo, k - 1 - p_hi};
+}
+
+// Padding that reproduces a PyTorch ConvTranspose (padding p, output_padding op, dilation d) with
+// transpose_kernel=True: (d*(K-1) - p, d*(K-1) - p + op).
+inline std::pair<int64_t, int64_t> TorchPadding(int64_t kernel, int64_t padding, int64_t output_padding,
+                                                int64_t dilation) {
+  const int64_t k = EffectiveKernelSize(kernel, dilation) - 1;
+  return {k - padding, k - padding + output_padding};
+}
+
+// One tap of a phase's sub-kernel: kernel index `k`, and input index j = q + offset for the phase's q-th
+// output. Only q in [q_begin, q_end) read inside the input; outside that range the tap meets padding.
+struct Tap {
+  int64_t k;
+  int64_t offset;
+  int64_t q_begin;
+  int64_t q_end;
+};
+
+// The outputs o = q*stride + residue, q in [0, count), and the taps that reach them.
+struct Phase {
+  int64_t residue;
+  int64_t count;
+  std::vector<Tap> taps;
+};
+
+// Everything about one spatial axis. `phases` has one entry per residue in [0, stride) (count 0 when the output
+// is shorter than the stride); `phase_of_tap[k]` and `offset_of_tap[k]` give the inverse view used by the input
+// gradient and the weight gradient: tap k links input j with output (j - offset)*stride + residue.
+struct AxisGeometry {
+  int64_t in_size, kernel_size, stride, dilation, pad_lo, pad_hi, out_size;
+  std::vector<Phase> phases;
+  std::vector<int64_t> phase_of_tap;
+  std::vector<int64_t> offset_of_tap;
+
+  // The output index tap k links with input index j, or -1 where that falls outside the output.
+  int64_t OutputOf(int64_t k, int64_t j) const {
+    const int64_t r = phase_of_tap[k];
+    const int64_t q = j - offset_of_tap[k];
+    return (q >= 0 && q < phases[r].count) ? q * stride + r : -1;
+  }
+  // Inputs j in [*begin, *end) that tap k links with an output.
+  void InputRangeOf(int64_t k, int64_t* begin, int64_t* end) const {
+    const Phase& p = phases[phase_of_tap[k]];
+    const int64_t off = offset_of_tap[k];
+    *begin = std::max<int64_t>(0, off);
+    *end = std::min<int64_t>(in_size, p.count + off);
+    if (*end < *begin) *end = *begin;
+  }
+};
+
+// Requires stride >= 1, dilation >= 1, sizes >= 0 and out_size >= 0 (callers validate first).
+inline AxisGeometry MakeAxisGeometry(int64_t in, int64_t kernel, int64_t stride, int64_t dilation, int64_t lo,
+                                     int64_t hi) {
+  AxisGeometry g{in, kernel, stride, dilation, lo, hi, OutputSize(in, kernel, stride, dilation, lo, hi), {}, {},
+                 {}};
+  if (g.out_size < 0) g.out_size = 0;
+  g.phases.resize(stride);
+  g.phase_of_tap.assign(kernel, 0);
+  g.offset_of_tap.assign(kernel, 0);
+  for (int64_t r = 0; r < stride; ++r) {
+    Phase& p = g.phases[r];
+    p.residue = r;
+    p.count = r < g.out_size ? CeilDiv(g.out_size - r, stride) : 0;
+  }
+  for (int64_t k = 0; k < kernel; ++k) {
+    // The phase r with r + d*k - lo = 0 (mod s), and the offset (r + d*k - lo) / s.
+    const int64_t r = FloorMod(lo - dilation * k, stride);
+    const int64_t off = (r + dilation * k - lo) / stride;  // exact
+    g.phase_of_tap[k] = r;
+    g.offset_of_tap[k] = off;
+    Phase& p = g.phases[r];
+    const int64_t q_begin = std::min(p.count, std::max<int64_t>(0, -off));
+    const int64_t q_end = std::max(q_begin, std::min(p.count, in - off));
+    p.taps.push_back(Tap{k, off, q_begin, q_end});
+  }
+  return g;
+}
+
+}  // namespace jaxseg
+
+#endif  // JAXSEG_COMMON_PHASE_GEOMETRY_H_

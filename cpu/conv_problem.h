@@ -1,0 +1,88 @@
+// A transposed-convolution call as the CPU kernels see it: canonical channels-last operands with a leading group
+// axis (vmap over both operands folds into it), the geometry of every spatial axis, raw pointers and a workspace.
+//
+//   forward       y  (G, N, O..., Co) = conv_transpose(x (G, N, H..., Ci), w (G, K..., Ci, Co))
+//   input grad    dx (G, N, H..., Ci) from dy (G, N, O..., Co) and w
+//   weight grad   dw (G, K..., Ci, Co) from x and dy
+#ifndef JAXSEG_CPU_CONV_PROBLEM_H_
+#define JAXSEG_CPU_CONV_PROBLEM_H_
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "common/phase_geometry.h"
+
+namespace jaxseg::cpu {
+
+enum class Pass { kForward, kInputGrad, kWeightGrad };
+enum class DType { kF32, kF64, kBF16, kF16 };
+
+struct AlignedFree {
+  void operator()(void* p) const { std::free(p); }
+};
+using AlignedBuffer = std::unique_ptr<void, AlignedFree>;
+
+struct ConvProblem {
+  Pass pass;
+  DType in_type;   // both operands
+  DType out_type;  // the result: in_type, or F32 for 16-bit inputs
+  int64_t groups, batch, in_ch, out_ch;
+  std::vector<AxisGeometry> axes;  // at least one (the Python side adds a unit axis for 0-D)
+
+  // forward: a = x, b = w, out = y;  input grad: a = dy, b = w, out = dx;  weight grad: a = x, b = dy, out = dw.
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* out = nullptr;
+
+  // Filled by Prepare(): packed weights and a zero row (what a tap reads where it meets padding), the number of
+  // independent work items, and the chunk length of the last spatial axis.
+  AlignedBuffer packed;
+  AlignedBuffer zeros;
+  int64_t packed_ld = 0;
+  int64_t num_items = 0;
+  int64_t chunk = 0;
+
+  int64_t InSpatial() const;
+  int64_t OutSpatial() const;
+  int64_t KernelSpatial() const;
+};
+
+inline int64_t ConvProblem::InSpatial() const {
+  int64_t n = 1;
+  for (const auto& a : axes) n *= a.in_size;
+  return n;
+}
+inline int64_t ConvProblem::OutSpatial() const {
+  int64_t n = 1;
+  for (const auto& a : axes) n *= a.out_size;
+  return n;
+}
+inline int64_t ConvProblem::KernelSpatial() const {
+  int64_t n = 1;
+  for (const auto& a : axes) n *= a.kernel_size;
+  return n;
+}
+
+// One build of the kernels for one instruction set. Prepare() packs weights and sizes the work; Run() computes
+// items [begin, end) and may be called from several threads at once on disjoint ranges.
+struct KernelSet {
+  const char* isa;
+  bool (*prepare)(ConvProblem& problem);
+  void (*run)(const ConvProblem& problem, int64_t begin, int64_t end);
+};
+
+namespace generic {
+const KernelSet& Kernels();
+}
+namespace avx2 {
+const KernelSet& Kernels();
+}
+namespace avx512 {
+const KernelSet& Kernels();
+}
+
+}  // namespace jaxseg::cpu
+
+#endif  // JAXSEG_CPU_CONV_PROBLEM_H_

@@ -1,0 +1,188 @@
+// XLA FFI handlers of the three CPU passes: decode and check the buffers against the phase geometry, pick the
+// kernel build for this CPU, and spread the work items over XLA's intra-op thread pool. A handler never blocks a
+// pool thread on other pool tasks: it returns a future that the last finishing worker completes.
+#include "cpu/handlers.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "common/phase_geometry.h"
+#include "cpu/conv_problem.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace jaxseg::cpu {
+namespace {
+
+const KernelSet& ChooseKernels() {
+  // JAXSEG_CPU_ISA lets tests and benchmarks pin a build; by default the widest one the CPU runs.
+  const char* want = std::getenv("JAXSEG_CPU_ISA");
+  const std::string w = want ? want : "";
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (w == "generic") return generic::Kernels();
+  if (w == "avx2" && has2) return avx2::Kernels();
+  if ((w.empty() || w == "avx512") && has512) return avx512::Kernels();
+  if (has2 && w != "generic") return avx2::Kernels();
+#endif
+  return generic::Kernels();
+}
+
+ffi::Future Failed(ffi::Error error) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetError(std::move(error));
+  return future;
+}
+
+ffi::Future Done() {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetAvailable();
+  return future;
+}
+
+bool ToDType(ffi::DataType t, DType* out) {
+  switch (t) {
+    case ffi::DataType::F32: *out = DType::kF32; return true;
+    case ffi::DataType::F64: *out = DType::kF64; return true;
+    case ffi::DataType::BF16: *out = DType::kBF16; return true;
+    case ffi::DataType::F16: *out = DType::kF16; return true;
+    default: return false;
+  }
+}
+
+// Runs items [0, n) of `problem` on the pool; the calling thread works too. The problem (and with it the packed
+// weights) lives until the last worker is done.
+ffi::Future ParallelRun(ffi::ThreadPool& pool, std::shared_ptr<const ConvProblem> problem,
+                        const KernelSet& kernels) {
+  const int64_t n = problem->num_items;
+  if (n <= 0) return Done();
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(n, pool.num_threads()));
+  ffi::CountDownPromise done(workers);
+  ffi::Future future(done);
+  auto next = std::make_shared<std::atomic<int64_t>>(0);
+  auto work = [problem, next, done, run = kernels.run, n]() mutable {
+    for (int64_t i = next->fetch_add(1, std::memory_order_relaxed); i < n;
+         i = next->fetch_add(1, std::memory_order_relaxed)) {
+      run(*problem, i, i + 1);
+    }
+    done.CountDown();
+  };
+  for (int64_t w = 1; w < workers; ++w) {
+    auto task = work;
+    pool.Schedule(std::move(task));
+  }
+  work();
+  return future;
+}
+
+std::string Dims(ffi::Span<const int64_t> d) {
+  std::string s = "(";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + ")";
+}
+
+// Reads the attributes and the three buffers of one pass into a ConvProblem, checking every size against the
+// geometry. `act` is the activation-shaped operand (x or dy), `other` the second operand, `res` the result.
+ffi::Error Build(Pass pass, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::AnyBuffer res,
+                 ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                 ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, ConvProblem* pb) {
+  const size_t d = strides.size();
+  if (d == 0 || dilation.size() != d || pad_lo.size() != d || pad_hi.size() != d)
+    return ffi::Error::InvalidArgument("jaxseg: strides, dilation and paddings need one entry per spatial axis");
+  // Shapes in canonical order. x: (G, N, H..., Ci); y/dy: (G, N, O..., Co); w/dw: (G, K..., Ci, Co).
+  ffi::Span<const int64_t> x, y, w;
+  switch (pass) {
+    case Pass::kForward: x = first.dimensions(); w = second.dimensions(); y = res.dimensions(); break;
+    case Pass::kInputGrad: y = first.dimensions(); w = second.dimensions(); x = res.dimensions(); break;
+    case Pass::kWeightGrad: x = first.dimensions(); y = second.dimensions(); w = res.dimensions(); break;
+  }
+  if (x.size() != d + 3 || y.size() != d + 3 || w.size() != d + 3)
+    return ffi::Error::InvalidArgument("jaxseg: operands must have rank " + std::to_string(d + 3) +
+                                       ", got " + Dims(x) + ", " + Dims(w) + " -> " + Dims(y));
+  if (x[0] != y[0] || x[0] != w[0] || x[1] != y[1] || x[d + 2] != w[d + 1] || y[d + 2] != w[d + 2])
+    return ffi::Error::InvalidArgument("jaxseg: inconsistent shapes " + Dims(x) + ", " + Dims(w) + " -> " +
+                                       Dims(y));
+  if (!ToDType(first.element_type(), &pb->in_type) || first.element_type() != second.element_type())
+    return ffi::Error::InvalidArgument("jaxseg: operands must share one of float32, float64, bfloat16, float16");
+  if (!ToDType(res.element_type(), &pb->out_type) ||
+      !(pb->out_type == pb->in_type ||
+        (pb->out_type == DType::kF32 && (pb->in_type == DType::kBF16 || pb->in_type == DType::kF16))))
+    return ffi::Error::InvalidArgument("jaxseg: unsupported result type for these operands");
+  pb->pass = pass;
+  pb->groups = x[0];
+  pb->batch = x[1];
+  pb->in_ch = x[d + 2];
+  pb->out_ch = y[d + 2];
+  pb->axes.clear();
+  for (size_t a = 0; a < d; ++a) {
+    if (strides[a] < 1 || dilation[a] < 1)
+      return ffi::Error::InvalidArgument("jaxseg: strides and dilation must be positive");
+    AxisGeometry g = MakeAxisGeometry(x[a + 2], w[a + 1], strides[a], dilation[a], pad_lo[a], pad_hi[a]);
+    if (OutputSize(x[a + 2], w[a + 1], strides[a], dilation[a], pad_lo[a], pad_hi[a]) != y[a + 2])
+      return ffi::Error::InvalidArgument("jaxseg: spatial axis " + std::to_string(a) + " gives output size " +
+                                         std::to_string(g.out_size) + ", buffer has " + std::to_string(y[a + 2]));
+    pb->axes.push_back(std::move(g));
+  }
+  pb->a = first.untyped_data();
+  pb->b = second.untyped_data();
+  pb->out = res.untyped_data();
+  return ffi::Error::Success();
+}
+
+ffi::Future Execute(Pass pass, ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::AnyBuffer second,
+                    ffi::Result<ffi::AnyBuffer> res, ffi::Span<const int64_t> strides,
+                    ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
+                    ffi::Span<const int64_t> pad_hi) {
+  auto pb = std::make_shared<ConvProblem>();
+  if (ffi::Error err = Build(pass, first, second, *res, strides, dilation, pad_lo, pad_hi, pb.get());
+      err.failure())
+    return Failed(std::move(err));
+  if (res->element_count() == 0) return Done();
+  static const KernelSet& kernels = ChooseKernels();
+  if (!kernels.prepare(*pb)) return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxseg: out of memory"));
+  return ParallelRun(pool, std::move(pb), kernels);
+}
+
+template <Pass kPass>
+ffi::Future Handle(ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::AnyBuffer second,
+                   ffi::Result<ffi::AnyBuffer> res, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
+                   ffi::Span<const int64_t> pad_hi) {
+  return Execute(kPass, pool, first, second, res, strides, dilation, pad_lo, pad_hi);
+}
+
+auto Binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
+      .Attr<ffi::Span<const int64_t>>("strides")
+      .Attr<ffi::Span<const int64_t>>("dilation")
+      .Attr<ffi::Span<const int64_t>>("padding_lo")
+      .Attr<ffi::Span<const int64_t>>("padding_hi");
+}
+
+}  // namespace
+
+const char* SelectedIsa() { return ChooseKernels().isa; }
+
+}  // namespace jaxseg::cpu
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuForward, jaxseg::cpu::Handle<jaxseg::cpu::Pass::kForward>,
+                              jaxseg::cpu::Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuInputGrad, jaxseg::cpu::Handle<jaxseg::cpu::Pass::kInputGrad>,
+                              jaxseg::cpu::Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuWeightGrad, jaxseg::cpu::Handle<jaxseg::cpu::Pass::kWeightGrad>,
+                              jaxseg::cpu::Binding());

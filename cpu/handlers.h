@@ -1,0 +1,16 @@
+// The CPU custom-call targets (XLA FFI handlers) of the three passes.
+#ifndef JAXSEG_CPU_HANDLERS_H_
+#define JAXSEG_CPU_HANDLERS_H_
+
+#include "xla/ffi/api/ffi.h"
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxsegCpuForward);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxsegCpuInputGrad);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxsegCpuWeightGrad);
+
+namespace jaxseg::cpu {
+// Name of the kernel build in use ("avx512", "avx2" or "generic").
+const char* SelectedIsa();
+}  // namespace jaxseg::cpu
+
+#endif  // JAXSEG_CPU_HANDLERS_H_

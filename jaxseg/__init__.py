@@ -1,0 +1,12 @@
+"""jaxseg: fast transposed convolution for JAX by unified kernel segregation.
+
+`jaxseg.conv_transpose` is a drop-in for `jax.lax.conv_transpose` computed by XLA custom calls (CPU, and CUDA
+where built); `jaxseg.linen.ConvTranspose` and `jaxseg.nnx.ConvTranspose` are drop-ins for flax's modules.
+"""
+
+from jaxseg import _ext  # noqa: F401  (registers the custom-call targets)
+from jaxseg._conv import conv_transpose, torch_padding
+
+__version__ = "0.1.0"
+
+__all__ = ["conv_transpose", "torch_padding", "__version__"]
