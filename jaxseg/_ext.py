@@ -9,7 +9,8 @@ try:
 except ImportError as e:  # pragma: no cover - only without a build
   raise ImportError(
       "jaxseg's compiled extension (_jaxseg_cpu) is missing: install the package with `pip install .` from its "
-      "source tree (it needs a C++17 compiler and cmake) rather than importing it from the source folder."
+      "source tree (it needs a C++17 compiler and cmake). If it is installed, the source folder is shadowing it "
+      "on sys.path (e.g. `python -m pytest` run from the source tree): run `pytest` instead, or from elsewhere."
   ) from e
 
 try:

@@ -171,11 +171,11 @@ def _make_batcher(fn, a_fold, b_fold, out_of_a, out_of_b):
 
   def rule(args, dims, **params):
     (a, b), (da, db) = args, dims
-    if da is not batching.not_mapped and db is not batching.not_mapped:
+    if da is not None and db is not None:
       size = a.shape[da]
       out = fn(_fold(a, da, 0), _fold(b, db, 0), **params)
       return _unfold(out, size, 0)
-    if da is not batching.not_mapped:
+    if da is not None:
       size = a.shape[da]
       axis = a_fold % (a.ndim - 1)
       out = fn(_fold(a, da, axis), b, **params)

@@ -1,0 +1,271 @@
+"""jaxseg.conv_transpose against a float64 NumPy reference and against jax.lax.conv_transpose."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+import jaxseg
+from conftest import x64
+from reference import conv_transpose_ref, from_canonical, rel_err, to_canonical, transpose_padding
+
+DEFAULT_DN = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}
+
+
+def explicit_pads(padding, kernel, strides, dilation, consistent):
+  eff = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+  if isinstance(padding, str):
+    return [transpose_padding(k, s, padding) for k, s in zip(eff, strides)]
+  if consistent:
+    return [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(eff, padding)]
+  return list(padding)
+
+
+def run_case(rng, in_spatial, kernel, strides, padding, *, batch=2, cin=3, cout=4, dilation=None,
+             transpose_kernel=False, consistent=False, dimension_numbers=None, dtype=np.float32, tol=1e-5):
+  n = len(in_spatial)
+  dn = dimension_numbers or DEFAULT_DN[n]
+  lhs_spec, rhs_spec, out_spec = dn
+  sizes = {"N": batch, "C": cin}
+  spatial = [s for s in rhs_spec if s not in "IO"]  # jax numbers spatial axes in the kernel spec's order
+  lhs_shape = [sizes[c] if c in sizes else in_spatial[spatial.index(c)] for c in lhs_spec]
+  io = {"I": cout, "O": cin} if transpose_kernel else {"I": cin, "O": cout}
+  rhs_shape = [io[c] if c in io else kernel[spatial.index(c)] for c in rhs_spec]
+  lhs = rng.standard_normal(lhs_shape).astype(dtype)
+  rhs = rng.standard_normal(rhs_shape).astype(dtype)
+  kw = dict(rhs_dilation=dilation, dimension_numbers=dimension_numbers, transpose_kernel=transpose_kernel,
+            use_consistent_padding=consistent)
+  got = jaxseg.conv_transpose(lhs, rhs, strides, padding, **kw)
+  want_lax = lax.conv_transpose(lhs, rhs, strides, padding, **kw)
+  assert got.shape == want_lax.shape and got.dtype == want_lax.dtype
+  x, w = to_canonical(lhs, rhs, dn, transpose_kernel)
+  pads = explicit_pads(padding, kernel, strides, dilation or (1,) * n, consistent)
+  want = from_canonical(conv_transpose_ref(x, w, strides, pads, dilation), out_spec, rhs_spec)
+  assert got.shape == want.shape
+  assert rel_err(got, want) < tol, rel_err(got, want)
+  assert rel_err(got, want_lax) < tol * 2
+  return got
+
+
+# (in_spatial, kernel, strides, padding): odd sizes, kernels smaller than / equal to / larger than the stride,
+# strides 1..4 and mixed per axis, every padding form.
+GRID = [
+    ((7,), (4,), (2,), "SAME"),
+    ((7,), (3,), (2,), "VALID"),
+    ((9,), (1,), (3,), "SAME"),
+    ((9,), (2,), (4,), "VALID"),
+    ((8,), (5,), (1,), [(2, 1)]),
+    ((6,), (16,), (8,), [(11, 11)]),
+    ((5,), (2,), (2,), [(2, 0)]),  # XLA once returned unwritten memory for this input gradient
+    ((5, 7), (4, 4), (2, 2), "SAME"),
+    ((5, 7), (3, 3), (2, 2), "VALID"),
+    ((6, 5), (3, 2), (2, 3), [(1, 2), (0, 1)]),
+    ((5, 5), (3, 3), (2, 2), [(-1, 2), (3, -2)]),
+    ((4, 6), (1, 3), (3, 1), [(0, 0), (2, 2)]),
+    ((3, 3), (5, 5), (2, 2), [(4, 4), (4, 5)]),
+    ((2, 3, 4), (2, 2, 2), (2, 2, 2), "VALID"),
+    ((3, 4, 2), (3, 2, 3), (2, 1, 3), "SAME"),
+    ((3, 3, 3), (3, 3, 3), (2, 2, 2), [(1, 1), (0, 2), (2, 0)]),
+]
+
+
+@pytest.mark.parametrize("in_spatial,kernel,strides,padding", GRID)
+@pytest.mark.parametrize("transpose_kernel", [False, True])
+def test_grid(rng, in_spatial, kernel, strides, padding, transpose_kernel):
+  run_case(rng, in_spatial, kernel, strides, padding, transpose_kernel=transpose_kernel)
+
+
+@pytest.mark.parametrize("in_spatial,kernel,strides,padding", [
+    ((7,), (4,), (2,), [(1, 1)]),
+    ((5, 6), (4, 3), (2, 2), [(1, 1), (0, 2)]),
+    ((3, 3, 2), (2, 3, 3), (2, 2, 1), [(0, 0), (1, 1), (1, 0)]),
+])
+def test_consistent_padding(rng, in_spatial, kernel, strides, padding):
+  run_case(rng, in_spatial, kernel, strides, padding, consistent=True, transpose_kernel=True)
+
+
+@pytest.mark.parametrize("in_spatial,kernel,strides,padding,dilation", [
+    ((7,), (3,), (2,), "SAME", (2,)),
+    ((6, 5), (3, 2), (2, 3), "VALID", (2, 3)),
+    ((5, 4), (2, 3), (3, 2), [(1, 2), (0, 3)], (4, 2)),
+    ((3, 3, 3), (2, 2, 2), (2, 2, 2), "SAME", (3, 1, 2)),
+])
+def test_rhs_dilation(rng, in_spatial, kernel, strides, padding, dilation):
+  run_case(rng, in_spatial, kernel, strides, padding, dilation=dilation)
+
+
+@pytest.mark.parametrize("dn", [
+    ("NCH", "OIH", "NCH"),
+    ("NCHW", "OIHW", "NCHW"),
+    ("NHWC", "OIHW", "NCHW"),
+    ("CHWN", "IOWH", "WHNC"),
+    ("NCHWD", "OIHWD", "NDHWC"),
+])
+@pytest.mark.parametrize("transpose_kernel", [False, True])
+def test_dimension_numbers(rng, dn, transpose_kernel):
+  n = len(dn[0]) - 2
+  in_spatial, kernel = ((5, 4, 3)[:n], (3, 4, 2)[:n])
+  run_case(rng, in_spatial, kernel, (2, 3, 2)[:n], "SAME", dimension_numbers=dn, transpose_kernel=transpose_kernel)
+
+
+def test_wide_channels_and_tiles(rng):
+  # Channel counts that are not multiples of any register tile, with many pixels per row.
+  run_case(rng, (9, 37), (3, 4), (2, 2), "SAME", batch=3, cin=37, cout=70)
+  run_case(rng, (41,), (16,), (8,), [(11, 11)], batch=2, cin=19, cout=33)
+
+
+def test_no_spatial_dims(rng):
+  lhs = rng.standard_normal((3, 7)).astype(np.float32)
+  rhs = rng.standard_normal((7, 5)).astype(np.float32)
+  got = jaxseg.conv_transpose(lhs, rhs, (), [])
+  assert rel_err(got, lhs.astype(np.float64) @ rhs) < 1e-6
+
+
+def test_float64():
+  rng = np.random.default_rng(64)
+  with x64():
+    got = run_case(rng, (5, 6), (4, 3), (2, 3), [(1, 2), (0, 1)], dtype=np.float64, tol=1e-13)
+    assert got.dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.bfloat16, 1e-2), (np.float16, 2e-3)])
+@pytest.mark.parametrize("preferred", [None, np.float32])
+def test_half_precision(rng, dtype, tol, preferred):
+  lhs = jnp.asarray(rng.standard_normal((2, 7, 6, 5)), dtype)
+  rhs = jnp.asarray(rng.standard_normal((4, 3, 5, 6)), dtype)
+  got = jaxseg.conv_transpose(lhs, rhs, (2, 2), "SAME", preferred_element_type=preferred)
+  want_lax = lax.conv_transpose(lhs, rhs, (2, 2), "SAME", preferred_element_type=preferred)
+  assert got.dtype == want_lax.dtype == (preferred or dtype)
+  pads = explicit_pads("SAME", (4, 3), (2, 2), (1, 1), False)
+  want = conv_transpose_ref(np.asarray(lhs, np.float64), np.asarray(rhs, np.float64), (2, 2), pads)
+  # float32 accumulation of exactly representable inputs: tight when the result stays float32.
+  assert rel_err(got, want) < (1e-6 if preferred else tol)
+
+
+def test_preferred_float64_from_float32(rng):
+  with x64():
+    lhs = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    rhs = rng.standard_normal((3, 3, 4)).astype(np.float32)
+    got = jaxseg.conv_transpose(lhs, rhs, (2,), "VALID", preferred_element_type=jnp.float64)
+    assert got.dtype == np.float64
+    want = conv_transpose_ref(lhs, rhs, (2,), explicit_pads("VALID", (3,), (2,), (1,), False))
+    assert rel_err(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.complex64])
+def test_fallback_dtypes_match_lax(rng, dtype):
+  lhs = (rng.standard_normal((2, 5, 3)) * 4).astype(dtype)
+  rhs = (rng.standard_normal((3, 3, 4)) * 4).astype(dtype)
+  np.testing.assert_array_equal(jaxseg.conv_transpose(lhs, rhs, (2,), "SAME"),
+                                lax.conv_transpose(lhs, rhs, (2,), "SAME"))
+
+
+def test_zero_size_batch_and_channels(rng):
+  lhs = np.zeros((0, 5, 5, 3), np.float32)
+  rhs = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+  assert jaxseg.conv_transpose(lhs, rhs, (2, 2), "SAME").shape == (0, 10, 10, 4)
+  # No input channels: the output is all zeros, and must be written as such.
+  lhs = np.ones((2, 5, 5, 0), np.float32)
+  rhs = np.ones((3, 3, 0, 4), np.float32)
+  out = jaxseg.conv_transpose(lhs, rhs, (2, 2), "SAME")
+  assert out.shape == (2, 10, 10, 4) and not np.any(np.asarray(out))
+
+
+def test_jit_matches_eager(rng):
+  lhs = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
+  rhs = rng.standard_normal((3, 4, 3, 5)).astype(np.float32)
+  f = lambda a, b: jaxseg.conv_transpose(a, b, (2, 3), [(1, 2), (0, 1)])
+  np.testing.assert_array_equal(jax.jit(f)(lhs, rhs), f(lhs, rhs))
+
+
+def test_repeated_runs_over_poisoned_memory(rng):
+  """Every output element is written on every run: results are bit-identical across runs even when the
+  allocator hands back memory just filled with NaN, and never contain NaN."""
+  lhs = jnp.asarray(rng.standard_normal((3, 9, 7, 5)), jnp.float32)
+  rhs = jnp.asarray(rng.standard_normal((3, 4, 5, 6)), jnp.float32)
+  kw = dict(strides=(2, 3), padding=[(2, 0), (1, -1)])
+  fwd = jax.jit(lambda a, b: jaxseg.conv_transpose(a, b, **kw))
+  grads = jax.jit(jax.grad(lambda a, b: jnp.sum(jaxseg.conv_transpose(a, b, **kw) ** 2), (0, 1)))
+  first = [np.asarray(fwd(lhs, rhs))] + [np.asarray(g) for g in grads(lhs, rhs)]
+  for _ in range(20):
+    for arr in first:
+      poison = jnp.full(arr.shape, jnp.nan, arr.dtype).block_until_ready()
+      del poison
+    again = [np.asarray(fwd(lhs, rhs))] + [np.asarray(g) for g in grads(lhs, rhs)]
+    for a, b in zip(first, again):
+      assert not np.isnan(b).any()
+      np.testing.assert_array_equal(a, b)
+
+
+def test_odd_output_sizes_have_no_extra_elements(rng):
+  # k3/s2/p1 gives 2H-1 outputs: the phases have different extents.
+  pads = jaxseg.torch_padding(3, 1)
+  lhs = rng.standard_normal((1, 15, 15, 4)).astype(np.float32)
+  rhs = rng.standard_normal((3, 3, 2, 4)).astype(np.float32)  # PyTorch weight (4, 2, 3, 3) permuted
+  out = jaxseg.conv_transpose(lhs, rhs, (2, 2), pads * 2, transpose_kernel=True)
+  assert out.shape == (1, 29, 29, 2)
+  want = lax.conv_transpose(lhs, rhs, (2, 2), pads * 2, transpose_kernel=True)
+  assert rel_err(out, want) < 1e-5
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_randomized(data):
+  n = data.draw(st.integers(1, 3), label="spatial dims")
+  in_spatial = tuple(data.draw(st.lists(st.integers(1, 6), min_size=n, max_size=n), label="in"))
+  kernel = tuple(data.draw(st.lists(st.integers(1, 5), min_size=n, max_size=n), label="kernel"))
+  strides = tuple(data.draw(st.lists(st.integers(1, 4), min_size=n, max_size=n), label="strides"))
+  dilation = tuple(data.draw(st.lists(st.integers(1, 2), min_size=n, max_size=n), label="dilation"))
+  mode = data.draw(st.sampled_from(["SAME", "VALID", "explicit"]), label="padding")
+  if mode == "explicit":
+    padding = []
+    for h, k, s, d in zip(in_spatial, kernel, strides, dilation):
+      eff = d * (k - 1) + 1
+      lo = data.draw(st.integers(-2, eff + 1))
+      # Keep the output non-empty: (h-1)*s + 1 + lo + hi - eff + 1 >= 1.
+      hi = data.draw(st.integers(max(-2, eff - 1 - (h - 1) * s - lo), eff + 1))
+      padding.append((lo, hi))
+  else:
+    padding = mode
+  seed = data.draw(st.integers(0, 2**31), label="seed")
+  run_case(np.random.default_rng(seed), in_spatial, kernel, strides, padding, dilation=dilation,
+           batch=data.draw(st.integers(1, 3)), cin=data.draw(st.integers(1, 5)), cout=data.draw(st.integers(1, 5)),
+           transpose_kernel=data.draw(st.booleans()))
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_other_instruction_sets(isa):
+  """The portable and AVX2 builds of the kernels (the widest the CPU runs is the default)."""
+  code = textwrap.dedent("""
+      import jax, numpy as np, jax.numpy as jnp
+      from jax import lax
+      import jaxseg
+      from jaxseg import _ext
+      rng = np.random.default_rng(1)
+      for dt, tol in [(np.float32, 1e-5), (jnp.bfloat16, 2e-2)]:
+        for shape, k, s, p in [((2, 7, 9, 37), (3, 4), (2, 3), [(1, 2), (0, 1)]), ((2, 19, 33), (16,), (8,), "SAME")]:
+          n = len(k)
+          x = jnp.asarray(rng.standard_normal(shape), dt)
+          w = jnp.asarray(rng.standard_normal((*k, shape[-1], 21)), dt)
+          f = lambda x, w: jnp.sum(jaxseg.conv_transpose(x, w, s, p).astype(jnp.float32) ** 2)
+          g = lambda x, w: jnp.sum(lax.conv_transpose(x, w, s, p, preferred_element_type=jnp.float32) ** 2)
+          for a, b in zip(jax.grad(f, (0, 1))(x, w), jax.grad(g, (0, 1))(x, w)):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            assert np.linalg.norm(a - b) / np.linalg.norm(b) < tol, (dt, shape)
+      print(_ext.cpu.selected_isa())
+  """)
+  env = dict(os.environ, JAXSEG_CPU_ISA=isa, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=os.path.dirname(os.path.abspath(__file__)))
+  assert out.returncode == 0, out.stderr[-3000:]
+  from jaxseg import _ext
+  expected = isa if isa == "generic" or _ext.cpu.selected_isa() in ("avx2", "avx512") else "generic"
+  assert out.stdout.strip().splitlines()[-1] == expected
