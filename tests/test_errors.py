@@ -1,0 +1,54 @@
+"""Bad arguments give a clear Python error naming the argument, at trace time."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxseg
+
+X = np.ones((2, 5, 5, 3), np.float32)
+W = np.ones((3, 3, 3, 4), np.float32)
+
+
+@pytest.mark.parametrize("args,kwargs,exc,match", [
+    ((X, W[0], (2, 2), "SAME"), {}, TypeError, "same rank"),
+    ((X[0, 0, 0], W[0, 0, 0], (), []), {}, TypeError, "rank >= 2"),
+    ((X, np.ones((3, 3, 5, 4), np.float32), (2, 2), "SAME"), {}, ValueError, "feature channels"),
+    ((X, W, (2,), "SAME"), {}, ValueError, "strides"),
+    ((X, W, (2, 0), "SAME"), {}, ValueError, "strides must be positive"),
+    ((X, W, (2, 1.5), "SAME"), {}, TypeError, "strides"),
+    ((X, W, "22", "SAME"), {}, TypeError, "strides"),
+    ((X, W, (2, 2), "HALF"), {}, ValueError, "padding"),
+    ((X, W, (2, 2), [(1, 1)]), {}, ValueError, "padding must have one"),
+    ((X, W, (2, 2), [(1, 1), (1,)]), {}, TypeError, "padding"),
+    ((X, W, (2, 2), 3), {}, TypeError, "padding"),
+    ((X, W, (1, 1), [(-4, -4), (0, 0)]), {}, ValueError, "empty"),
+    ((X, W, (2, 2), "SAME"), {"rhs_dilation": (1, 0)}, ValueError, "rhs_dilation"),
+    ((X, W, (2, 2), "SAME"), {"rhs_dilation": (1, 1, 1)}, ValueError, "rhs_dilation"),
+    ((X, W, (2, 2), "SAME"), {"dimension_numbers": ("NHWC", "HWIO")}, TypeError, "dimension_numbers"),
+    ((X, W, (2, 2), "SAME"), {"dimension_numbers": ("NHWC", "HWXO", "NHWC")}, TypeError, "dimension_numbers"),
+    ((X, W.astype(np.float16), (2, 2), "SAME"), {}, TypeError, "same dtype"),
+    ((X, W, (2, 2), "SAME"), {"preferred_element_type": jnp.bfloat16}, TypeError, "preferred_element_type"),
+    ((X, W, (2, 2), "SAME"), {"precision": "bogus"}, ValueError, "precision"),
+    ((np.ones((1,) * 7, np.float32), np.ones((1,) * 7, np.float32), (1,) * 5, "SAME"), {}, ValueError,
+     "dimension_numbers must be given"),
+])
+def test_bad_arguments(args, kwargs, exc, match):
+  with pytest.raises(exc, match=match):
+    jaxseg.conv_transpose(*args, **kwargs)
+  # Raised at trace time, under jit too.
+  with pytest.raises(exc, match=match):
+    jax.jit(lambda: jaxseg.conv_transpose(*args, **kwargs)).lower()
+
+
+def test_torch_padding_arguments():
+  assert jaxseg.torch_padding(4, 1) == ((2, 2),)
+  assert jaxseg.torch_padding((3, 3), 1, 1) == ((1, 2), (1, 2))
+  assert jaxseg.torch_padding(3, (1, 0), dilation=2) == ((3, 3), (4, 4))
+  with pytest.raises(ValueError, match="kernel_size"):
+    jaxseg.torch_padding(0, 1)
+  with pytest.raises(ValueError, match="padding"):
+    jaxseg.torch_padding(3, -1)
+  with pytest.raises(ValueError, match="output_padding must have one"):
+    jaxseg.torch_padding((3, 3), 1, (1, 1, 1))
