@@ -6,7 +6,8 @@ where built); `jaxseg.linen.ConvTranspose` and `jaxseg.nnx.ConvTranspose` are dr
 
 from jaxseg import _ext  # noqa: F401  (registers the custom-call targets)
 from jaxseg._conv import conv_transpose, torch_padding
+from jaxseg import linen, nnx  # noqa: E402  (flax modules: jaxseg.linen.ConvTranspose, jaxseg.nnx.ConvTranspose)
 
 __version__ = "0.1.0"
 
-__all__ = ["conv_transpose", "torch_padding", "__version__"]
+__all__ = ["conv_transpose", "torch_padding", "linen", "nnx", "__version__"]

@@ -1,0 +1,71 @@
+"""The computation of a transposed-convolution layer, shared by jaxseg.linen and jaxseg.nnx: flax's meaning of
+every argument (any number of batch axes, int/pair/str padding, 'CIRCULAR'), jaxseg's kernel underneath."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+from flax.linen.linear import canonicalize_padding
+
+from jaxseg._conv import conv_transpose, torch_padding
+
+
+def as_tuple(value, n: int) -> tuple[int, ...]:
+  """None -> ones, an int -> repeated n times, a sequence -> a tuple."""
+  if value is None:
+    value = 1
+  if isinstance(value, int):
+    return (value,) * n
+  return tuple(value)
+
+
+def kernel_shape(kernel_size: Sequence[int], in_features: int, out_features: int, transpose_kernel: bool):
+  return tuple(kernel_size) + ((out_features, in_features) if transpose_kernel else (in_features, out_features))
+
+
+def check_mask(mask, shape):
+  if mask is not None and tuple(mask.shape) != tuple(shape):
+    raise ValueError(f"mask must have the kernel's shape {tuple(shape)}, got {tuple(mask.shape)}")
+
+
+def _wrap_circular(y, in_spatial, strides, transpose_kernel):
+  """Folds the VALID output onto one period (input size x stride) per spatial axis, summing what overlaps."""
+  for axis, (size, stride) in enumerate(zip(in_spatial, strides), start=1):
+    period = size * stride
+    extra = (period - y.shape[axis]) % (2 * period)  # pad up to a whole number of periods
+    # Where the odd element goes sets the alignment; with transpose_kernel it mirrors a forward convolution.
+    lo = extra // 2 if transpose_kernel else (extra + 1) // 2
+    pads = [(0, 0)] * y.ndim
+    pads[axis] = (lo, extra - lo)
+    y = jnp.pad(y, pads)
+    y = y.reshape(y.shape[:axis] + (-1, period) + y.shape[axis + 1:]).sum(axis=axis)
+  return y
+
+
+def apply(inputs, kernel, bias, *, kernel_size, strides, padding, kernel_dilation, transpose_kernel, precision,
+          preferred_element_type):
+  """inputs (*batch, spatial..., features) -> (*batch, spatial'..., out_features)."""
+  n = len(kernel_size)
+  batch_shape = inputs.shape[:inputs.ndim - (n + 1)]
+  x = inputs.reshape((-1,) + inputs.shape[len(batch_shape):])
+  strides = as_tuple(strides, n)
+  dilation = as_tuple(kernel_dilation, n)
+  pads = canonicalize_padding(padding, n)
+  circular = isinstance(pads, str) and pads == "CIRCULAR"
+  y = conv_transpose(x, kernel, strides, "VALID" if circular else pads, rhs_dilation=dilation,
+                     transpose_kernel=transpose_kernel, precision=precision,
+                     preferred_element_type=preferred_element_type)
+  if circular:
+    y = _wrap_circular(y, x.shape[1:-1], strides, transpose_kernel)
+  if bias is not None:
+    y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+  return y.reshape(batch_shape + y.shape[1:])
+
+
+def torch_module_args(kernel_size, stride, padding, output_padding, dilation):
+  """Module arguments that give PyTorch's ConvTranspose meaning of stride/padding/output_padding/dilation."""
+  n = len(kernel_size) if isinstance(kernel_size, Sequence) else 1
+  ks = as_tuple(kernel_size, n)
+  return dict(kernel_size=ks, strides=as_tuple(stride, n), kernel_dilation=as_tuple(dilation, n),
+              padding=torch_padding(ks, padding, output_padding, dilation), transpose_kernel=True)
