@@ -15,17 +15,12 @@ def conv_transpose_ref(x, w, strides, padding, dilation=None):
   shape = (x.shape[0], *[(h - 1) * s + 1 for h, s in zip(x.shape[1:-1], strides)], x.shape[-1])
   xd = np.zeros(shape)
   xd[(slice(None), *[slice(None, None, s) for s in strides], slice(None))] = x
-  # Pad (negative padding crops).
+  # Pad, then crop for negative padding (XLA's order: the size is lo + n + hi even when a crop exceeds n).
   for a, (lo, hi) in enumerate(padding):
     ax = a + 1
-    if lo > 0:
-      xd = np.concatenate([np.zeros(xd.shape[:ax] + (lo,) + xd.shape[ax + 1:]), xd], axis=ax)
-    elif lo < 0:
-      xd = np.take(xd, range(-lo, xd.shape[ax]), axis=ax)
-    if hi > 0:
-      xd = np.concatenate([xd, np.zeros(xd.shape[:ax] + (hi,) + xd.shape[ax + 1:])], axis=ax)
-    elif hi < 0:
-      xd = np.take(xd, range(0, xd.shape[ax] + hi), axis=ax)
+    zeros = lambda m: np.zeros(xd.shape[:ax] + (m,) + xd.shape[ax + 1:])
+    xd = np.concatenate([zeros(max(lo, 0)), xd, zeros(max(hi, 0))], axis=ax)
+    xd = np.take(xd, range(max(-lo, 0), xd.shape[ax] - max(-hi, 0)), axis=ax)
   ks = w.shape[:n]
   out_sp = [xd.shape[a + 1] - d * (k - 1) for a, (k, d) in enumerate(zip(ks, dilation))]
   y = np.zeros((x.shape[0], *out_sp, w.shape[-1]))
