@@ -1,0 +1,3 @@
+from jaxseg.bench.cli import main
+
+main()

@@ -1,0 +1,367 @@
+"""`python -m jaxseg.bench` (also `jaxseg-bench`): jaxseg against XLA, the naive zero-insertion form and PyTorch.
+
+For every layer of the suite (default: the transposed-convolution layers of real generative models shipped as
+`jaxseg/bench/layers.json`) and every pass (forward `fwd`, input gradient `dx`, weight gradient `dw`), it times
+each implementation jitted and warmed up, as the median of repeated runs, all in one process, and prints ms,
+useful GFLOP/s, the speed-up of jaxseg over each peer, the fraction of the machine's sgemm rate (measured in the
+same run) and the compiled temp memory of jaxseg and XLA.
+
+JSON schema (`--json FILE`)::
+
+  {"schema": "jaxseg-bench/1",
+   "machine": {"platform", "device", "cpu", "cores", "isa"}, "versions": {"jax", "jaxlib", "jaxseg", "torch"},
+   "config": {"dtype", "device", "repeats", "transpose_kernel", "layers_file"},
+   "matmul_gflops": float,                     # measured sgemm (or bf16 gemm) rate, same run
+   "rows": [{"layer", "pass", "gflop",
+             "ms": {"jaxseg", "xla", "naive", "torch"},     # medians; null where not run
+             "gflops": float,                                 # jaxseg's useful GFLOP/s
+             "fraction_of_matmul": float,
+             "speedup_vs_xla", "speedup_vs_naive", "speedup_vs_torch", "speedup_vs_best_peer",
+             "temp_bytes": {"jaxseg", "xla"}}]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib import resources
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import jaxseg
+
+PASSES = ("fwd", "dx", "dw")
+IMPLS = ("jaxseg", "xla", "naive", "torch")
+
+
+def load_layers(path: str | None):
+  text = open(path).read() if path else resources.files("jaxseg.bench").joinpath("layers.json").read_text()
+  layers = json.loads(text)["layers"]
+  for layer in layers:
+    n = len(layer["kernel"])
+    for key in ("in", "stride", "padding", "output_padding"):
+      if len(layer[key]) != n:
+        raise SystemExit(f"layer {layer['name']}: '{key}' needs {n} entries")
+  return layers
+
+
+def layer_gflop(layer) -> float:
+  """Useful multiply-adds (no inserted zeros): 2 * N * prod(in) * C_in * C_out * prod(kernel)."""
+  return 2 * layer["N"] * math.prod(layer["in"]) * layer["c_in"] * layer["c_out"] * math.prod(layer["kernel"]) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The JAX implementations of one layer: (x, w) -> y with PyTorch's meaning (transpose_kernel=True), or Flax's.
+
+
+def _jax_fns(layer, transpose_kernel):
+  n = len(layer["kernel"])
+  strides = tuple(layer["stride"])
+  pads = jaxseg.torch_padding(layer["kernel"], layer["padding"], layer["output_padding"])
+
+  def ours(x, w):
+    return jaxseg.conv_transpose(x, w, strides, pads, transpose_kernel=transpose_kernel)
+
+  def xla(x, w):
+    return lax.conv_transpose(x, w, strides, pads, transpose_kernel=transpose_kernel)
+
+  def naive(x, w):
+    # Explicit zero insertion, then a stride-1 convolution over the dilated input.
+    shape = (x.shape[0], *[(h - 1) * s + 1 for h, s in zip(x.shape[1:-1], strides)], x.shape[-1])
+    xd = jnp.zeros(shape, x.dtype).at[(slice(None), *[slice(None, None, s) for s in strides])].set(x)
+    k = w
+    if transpose_kernel:
+      k = jnp.swapaxes(jnp.flip(w, tuple(range(n))), -1, -2)
+    spec = "".join("HWD"[:n])
+    return lax.conv_general_dilated(xd, k, (1,) * n, pads,
+                                    dimension_numbers=(f"N{spec}C", f"{spec}IO", f"N{spec}C"))
+
+  return {"jaxseg": ours, "xla": xla, "naive": naive}
+
+
+def _pass_fn(f, which):
+  if which == "fwd":
+    return lambda x, w, ct: f(x, w)
+  if which == "dx":
+    return lambda x, w, ct: jax.vjp(lambda x: f(x, w), x)[1](ct)[0]
+  return lambda x, w, ct: jax.vjp(lambda w: f(x, w), w)[1](ct)[0]
+
+
+def _time(fn, repeats, budget_s):
+  """Median seconds of `fn()` (which blocks) after one warm-up; at least 3 runs, at most `repeats`."""
+  fn()
+  times = []
+  start = time.perf_counter()
+  while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def matmul_gflops(dtype, device, size=2048, repeats=10):
+  a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype), device)
+  f = jax.jit(lambda a, b: a @ b)
+  t = _time(lambda: f(a, a).block_until_ready(), repeats, 2.0)
+  return 2 * size**3 / t / 1e9
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PyTorch
+
+
+def _torch_fns(layer, dtype, device, torch):
+  n = len(layer["kernel"])
+  cls = [torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d][n - 1]
+  tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  tdev = "cuda" if device == "gpu" else "cpu"
+  m = cls(layer["c_in"], layer["c_out"], layer["kernel"], layer["stride"], layer["padding"],
+          layer["output_padding"], bias=False).to(device=tdev, dtype=tdtype)
+  x = torch.randn(layer["N"], layer["c_in"], *layer["in"], device=tdev, dtype=tdtype)
+  sync = torch.cuda.synchronize if tdev == "cuda" else (lambda: None)
+
+  def fwd():
+    with torch.no_grad():
+      m(x)
+    sync()
+
+  xg = x.clone().requires_grad_(True)
+  m.weight.requires_grad_(False)
+  y_dx = m(xg)
+  ct = torch.randn_like(y_dx)
+
+  def dx():
+    torch.autograd.grad(y_dx, xg, ct, retain_graph=True)
+    sync()
+
+  m2 = cls(layer["c_in"], layer["c_out"], layer["kernel"], layer["stride"], layer["padding"],
+           layer["output_padding"], bias=False).to(device=tdev, dtype=tdtype)
+  y_dw = m2(x)
+
+  def dw():
+    torch.autograd.grad(y_dw, m2.weight, ct, retain_graph=True)
+    sync()
+
+  return {"fwd": fwd, "dx": dx, "dw": dw}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run(args):
+  try:
+    device = jax.devices(args.device)[0]
+  except RuntimeError as e:
+    raise SystemExit(f"--device {args.device}: no such JAX device here ({e})") from None
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+  torch = None
+  if "torch" in args.impls:
+    try:
+      import torch  # noqa: F811
+      if args.device == "gpu" and not torch.cuda.is_available():
+        torch = None
+    except ImportError:
+      torch = None
+  layers = load_layers(args.layers)
+  if args.only:
+    wanted = set(args.only.split(","))
+    layers = [l for l in layers if l["name"] in wanted]
+    if not layers:
+      raise SystemExit(f"--only {args.only}: no such layer")
+  passes = args.passes.split(",")
+  progress = _progress(len(layers) * len(passes), args.no_progress)
+  gemm = matmul_gflops(dtype, device)
+  rng = np.random.default_rng(0)
+  rows = []
+  for layer in layers:
+    n = len(layer["kernel"])
+    x = jax.device_put(jnp.asarray(rng.standard_normal((layer["N"], *layer["in"], layer["c_in"])), dtype), device)
+    kshape = (*layer["kernel"], layer["c_out"], layer["c_in"]) if args.transpose_kernel else (
+        *layer["kernel"], layer["c_in"], layer["c_out"])
+    w = jax.device_put(jnp.asarray(rng.standard_normal(kshape) * 0.05, dtype), device)
+    fns = _jax_fns(layer, args.transpose_kernel)
+    y_shape = jax.eval_shape(fns["jaxseg"], x, w).shape
+    ct = jax.device_put(jnp.asarray(rng.standard_normal(y_shape), dtype), device)
+    tfns = _torch_fns(layer, args.dtype, args.device, torch) if torch is not None and n <= 3 else None
+    for which in passes:
+      ms, temp = {}, {}
+      for impl in ("jaxseg", "xla", "naive"):
+        if impl not in args.impls:
+          ms[impl] = None
+          continue
+        compiled = jax.jit(_pass_fn(fns[impl], which)).lower(x, w, ct).compile()
+        mem = compiled.memory_analysis()
+        temp[impl] = None if mem is None else int(mem.temp_size_in_bytes)
+        ms[impl] = 1e3 * _time(lambda: jax.block_until_ready(compiled(x, w, ct)), args.repeats, args.budget)
+      ms["torch"] = 1e3 * _time(tfns[which], args.repeats, args.budget) if tfns else None
+      gflop = layer_gflop(layer)
+      gflops = gflop / (ms["jaxseg"] / 1e3) if ms.get("jaxseg") else None
+      speed = {f"speedup_vs_{p}": (ms[p] / ms["jaxseg"] if ms.get(p) and ms.get("jaxseg") else None)
+               for p in ("xla", "naive", "torch")}
+      best = [ms[p] for p in ("xla", "torch") if ms.get(p)]
+      row = {"layer": layer["name"], "pass": which, "gflop": gflop, "ms": ms, "gflops": gflops,
+             "fraction_of_matmul": gflops / gemm if gflops else None, **speed,
+             "speedup_vs_best_peer": (min(best) / ms["jaxseg"]) if best and ms.get("jaxseg") else None,
+             "temp_bytes": {"jaxseg": temp.get("jaxseg"), "xla": temp.get("xla")}}
+      rows.append(row)
+      progress(f"{layer['name']} {which}")
+  progress(None)
+  result = {
+      "schema": "jaxseg-bench/1",
+      "machine": {"platform": device.platform, "device": device.device_kind, "cpu": _cpu_name(),
+                  "cores": os.cpu_count(), "isa": jaxseg._ext.cpu.selected_isa()},
+      "versions": {"jax": jax.__version__, "jaxlib": _jaxlib_version(),
+                   "jaxseg": jaxseg.__version__, "torch": getattr(torch, "__version__", None)},
+      "config": {"dtype": args.dtype, "device": args.device, "repeats": args.repeats,
+                 "transpose_kernel": args.transpose_kernel, "layers_file": args.layers or "builtin"},
+      "matmul_gflops": gemm,
+      "rows": rows,
+  }
+  return result
+
+
+def _jaxlib_version():
+  import jaxlib
+
+  return getattr(jaxlib, "__version__", None)
+
+
+def _cpu_name():
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _progress(total, disabled):
+  try:
+    from tqdm import tqdm
+  except ImportError:
+    tqdm = None
+  if disabled:
+    return lambda msg: None
+  if tqdm is not None:
+    bar = tqdm(total=total, file=sys.stderr, desc="bench")
+
+    def update(msg):
+      if msg is None:
+        bar.close()
+      else:
+        bar.set_postfix_str(msg)
+        bar.update()
+
+    return update
+  count = [0]
+
+  def update(msg):
+    if msg is not None:
+      count[0] += 1
+      print(f"[{count[0]}/{total}] {msg}", file=sys.stderr, flush=True)
+
+  return update
+
+
+def _fmt(v, spec):
+  return format(v, spec) if v is not None else "-"
+
+
+def print_table(result, out=sys.stdout):
+  m = result["machine"]
+  print(f"jaxseg bench: {m['device']} ({m['cpu']}, {m['cores']} cores, kernels {m['isa']}), "
+        f"{result['config']['dtype']}, jax {result['versions']['jax']}, torch {result['versions']['torch']}; "
+        f"matmul {result['matmul_gflops']:.1f} GFLOP/s", file=out)
+  head = (f"{'layer':17s} {'pass':4s} {'GFLOP':>6s} {'jaxseg':>8s} {'xla':>8s} {'naive':>8s} {'torch':>8s} "
+          f"{'GFLOP/s':>8s} {'%mm':>5s} {'vs xla':>7s} {'vs naive':>8s} {'vs torch':>8s} {'tmp MiB ours/xla':>17s}")
+  print(head, file=out)
+  print("-" * len(head), file=out)
+  for r in result["rows"]:
+    ms = r["ms"]
+    t = r["temp_bytes"]
+    mem = (f"{t['jaxseg'] / 2**20:.1f}/{t['xla'] / 2**20:.1f}" if t.get("jaxseg") is not None and
+           t.get("xla") is not None else "-")
+    frac = 100 * r["fraction_of_matmul"] if r["fraction_of_matmul"] else None
+    print(f"{r['layer']:17s} {r['pass']:4s} {r['gflop']:6.2f} {_fmt(ms['jaxseg'], '8.2f')} {_fmt(ms['xla'], '8.2f')} "
+          f"{_fmt(ms['naive'], '8.2f')} {_fmt(ms['torch'], '8.2f')} {_fmt(r['gflops'], '8.1f')} {_fmt(frac, '5.0f')} "
+          f"{_fmt(r['speedup_vs_xla'], '7.2f')} {_fmt(r['speedup_vs_naive'], '8.2f')} "
+          f"{_fmt(r['speedup_vs_torch'], '8.2f')} {mem:>17s}", file=out)
+  for key in ("speedup_vs_xla", "speedup_vs_torch", "speedup_vs_best_peer"):
+    vals = [r[key] for r in result["rows"] if r[key]]
+    if vals:
+      print(f"geomean {key}: {math.exp(statistics.fmean(map(math.log, vals))):.2f}x over {len(vals)} rows",
+            file=out)
+
+
+def plot(result, path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = result["rows"]
+  labels = [f"{r['layer']}\n{r['pass']}" for r in rows]
+  peers = [p for p in ("xla", "naive", "torch") if any(r[f"speedup_vs_{p}"] for r in rows)]
+  fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(rows)), 4.5))
+  width = 0.8 / max(len(peers), 1)
+  for i, p in enumerate(peers):
+    vals = [r[f"speedup_vs_{p}"] or 0 for r in rows]
+    ax.bar(np.arange(len(rows)) + (i - (len(peers) - 1) / 2) * width, vals, width, label=f"vs {p}")
+  ax.axhline(1.0, color="k", lw=0.8)
+  ax.set_yscale("log")
+  ax.set_ylabel("jaxseg speed-up (x)")
+  ax.set_xticks(np.arange(len(rows)), labels, rotation=90, fontsize=7)
+  ax.legend()
+  ax.set_title(f"jaxseg on {result['machine']['device']}, {result['config']['dtype']}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(prog="python -m jaxseg.bench", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--layers", help="layer suite JSON (default: the built-in suite)")
+  p.add_argument("--only", help="comma-separated layer names")
+  p.add_argument("--passes", default="fwd,dx,dw", help="comma-separated of fwd, dx, dw")
+  p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated of jaxseg, xla, naive, torch")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+  p.add_argument("--flax-kernel", dest="transpose_kernel", action="store_false",
+                 help="time transpose_kernel=False (Flax's default) instead of PyTorch's orientation")
+  p.add_argument("--repeats", type=int, default=10, help="at most this many timed runs (at least 3)")
+  p.add_argument("--budget", type=float, default=1.0, help="seconds of timed runs per measurement beyond 3")
+  p.add_argument("--json", help="write the results here")
+  p.add_argument("--plot", help="write a PNG of grouped speed-up bars here")
+  p.add_argument("--no-progress", action="store_true")
+  args = p.parse_args(argv)
+  args.impls = tuple(args.impls.split(","))
+  if bad := set(args.passes.split(",")) - set(PASSES):
+    p.error(f"unknown pass {sorted(bad)}")
+  if bad := set(args.impls) - set(IMPLS):
+    p.error(f"unknown implementation {sorted(bad)}")
+  if args.repeats < 3:
+    p.error("--repeats must be >= 3")
+  result = run(args)
+  print_table(result)
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+  if args.plot:
+    plot(result, args.plot)
+
+
+if __name__ == "__main__":
+  main()
