@@ -299,24 +299,94 @@ void InputGradItem(const ConvProblem& pb, int64_t item) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Weight gradient. Item = (group, tap, tile of kRows input channels); it owns those rows of dW[tap] outright, so
-// no reduction across threads is needed.
+// Weight gradient: dW[k] = X_k^T . DY_k over the (input, output) pixel pairs that tap k links. The pairs form runs
+// along the last spatial axis (input step Ci, output step stride*Co), listed once per item. A register tile of
+// kRows "row" channels x kCols "column" channels is held over all runs; columns are the wider of Ci and Co, so a
+// layer with few output channels still fills the vectors. Item = (group, tap, tile of row channels): it owns
+// those rows of dW[tap], so threads never share an output.
 
-template <typename T, typename U, typename Acc>
-void WeightGradItem(const ConvProblem& pb, int64_t item) {
+struct Run {
+  int64_t x_off;   // element offset of the run's first input pixel (channel 0)
+  int64_t dy_off;  // element offset of its first output pixel (channel 0)
+  int64_t count;
+};
+
+// Loads CV vectors of b (only `cols` values valid, the rest zero) in the accumulation type.
+template <typename T, typename Acc, int CV>
+inline void LoadColumns(typename Vec<Acc>::type (&v)[CV], const T* b, int cols) {
+  constexpr int kMax = CV * Vec<Acc>::kWidth;
+  if constexpr (std::is_same_v<T, Acc>) {
+    if (cols == kMax) {
+      std::memcpy(v, b, sizeof(v));
+      return;
+    }
+  }
+  Acc tmp[kMax] = {};
+  for (int c = 0; c < cols; ++c) tmp[c] = ToAcc<Acc>(b[c]);
+  std::memcpy(v, tmp, sizeof(v));
+}
+
+// acc[i][:] += a[lane i] * b[0:R*width] over every pixel of every run; a and b advance by a_step / b_step.
+// Rows past `nrows` repeat the last valid row (kFullRows false), so the loop has no branch.
+template <typename T, typename Acc, int R, int CV, bool kFullRows>
+inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const std::vector<Run>& runs, bool rows_from_x,
+                           const T* x, const T* dy, int64_t x_step, int64_t dy_step, int nrows, int ncols) {
   using V = typename Vec<Acc>::type;
-  const int64_t kcols = Vec<Acc>::kCols;
+  V r[R][CV];
+  for (int i = 0; i < R; ++i)
+    for (int c = 0; c < CV; ++c) r[i][c] = acc[i][c];
+  int64_t lane[R];
+  for (int i = 0; i < R; ++i) lane[i] = kFullRows ? i : std::min(i, nrows - 1);
+  const int64_t a_step = rows_from_x ? x_step : dy_step;
+  const int64_t b_step = rows_from_x ? dy_step : x_step;
+  for (const Run& run : runs) {
+    const T* ap = rows_from_x ? x + run.x_off : dy + run.dy_off;
+    const T* bp = rows_from_x ? dy + run.dy_off : x + run.x_off;
+    for (int64_t p = 0; p < run.count; ++p, ap += a_step, bp += b_step) {
+      V bv[CV];
+      LoadColumns<T, Acc, CV>(bv, bp, ncols);
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) {
+        const Acc a = ToAcc<Acc>(ap[kFullRows ? i : lane[i]]);
+#pragma GCC unroll 4
+        for (int c = 0; c < CV; ++c) r[i][c] += bv[c] * a;
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int c = 0; c < CV; ++c) acc[i][c] = r[i][c];
+}
+
+// Rows are output channels (and columns input channels) when that fills the vectors better.
+inline bool WeightGradRowsFromX(const ConvProblem& pb) { return !(pb.out_ch < pb.in_ch && pb.out_ch < 16); }
+
+// The weight-gradient tile: kRows x kColVecs vectors, or, when there are only a few row channels (a layer with
+// 1-3 output channels), kFewRows rows x kFewColVecs vectors so the FMAs are not spent on repeated rows.
+constexpr int kFewRows = 4;
+constexpr int kFewColVecs = 16 / kFewRows;
+
+inline bool WeightGradFewRows(const ConvProblem& pb) {
+  return (WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch) <= kFewRows;
+}
+
+template <typename T, typename U, typename Acc, int R, int CV>
+void WeightGradTile(const ConvProblem& pb, int64_t item) {
+  using V = typename Vec<Acc>::type;
+  constexpr int64_t kTileCols = CV * Vec<Acc>::kWidth;
   const auto& axes = pb.axes;
   const AxisGeometry& last = axes.back();
   const int64_t ksp = pb.KernelSpatial();
-  const int64_t ci_tiles = std::max<int64_t>(1, (pb.in_ch + kRows - 1) / kRows);
+  const bool rows_from_x = WeightGradRowsFromX(pb);
+  const int64_t row_ch = rows_from_x ? pb.in_ch : pb.out_ch;
+  const int64_t col_ch = rows_from_x ? pb.out_ch : pb.in_ch;
+  const int64_t row_tiles = std::max<int64_t>(1, (row_ch + R - 1) / R);
 
-  const int64_t ct = item % ci_tiles;
-  item /= ci_tiles;
+  const int64_t rt = item % row_tiles;
+  item /= row_tiles;
   const int64_t k = item % ksp;
   const int64_t g = item / ksp;
-  const int64_t ci0 = ct * kRows;
-  const int nrows = static_cast<int>(std::min<int64_t>(kRows, pb.in_ch - ci0));
+  const int64_t r0 = rt * R;
+  const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
   if (nrows <= 0) return;
   const int64_t k_last = k % last.kernel_size;
   int64_t k_idx[8];
@@ -327,7 +397,7 @@ void WeightGradItem(const ConvProblem& pb, int64_t item) {
       rest /= axes[a].kernel_size;
     }
   }
-  // The leading (input, output) pixel pairs this tap links.
+  // The runs of (input, output) pixel pairs this tap links, over the batch and the leading axes.
   thread_local std::vector<FlatPair> lead;
   Product(axes, Extent::kIn, Extent::kOut,
           [&](int64_t a, auto emit) {
@@ -339,47 +409,50 @@ void WeightGradItem(const ConvProblem& pb, int64_t item) {
           &lead);
   int64_t jb, je;
   last.InputRangeOf(k_last, &jb, &je);
-  const int64_t o_first = je > jb ? last.OutputOf(k_last, jb) : 0;  // outputs step by the stride from here
-
-  U* dw = static_cast<U*>(pb.out) + ((g * ksp + k) * pb.in_ch + ci0) * pb.out_ch;
-  U* out[kRows];
-  for (int i = 0; i < kRows; ++i) out[i] = dw + std::min(i, nrows - 1) * pb.out_ch;
-
-  for (int64_t c0 = 0; c0 < pb.out_ch; c0 += kcols) {
-    const int ncols = static_cast<int>(std::min<int64_t>(kcols, pb.out_ch - c0));
-    V r[kRows][kColVecs];
-    ZeroTile<Acc>(r);
+  thread_local std::vector<Run> runs;
+  runs.clear();
+  if (je > jb) {
+    const int64_t o_first = last.OutputOf(k_last, jb);
     for (int64_t n = 0; n < pb.batch; ++n) {
       const int64_t gn = g * pb.batch + n;
-      const T* x = static_cast<const T*>(pb.a) + gn * pb.InSpatial() * pb.in_ch + ci0;
-      const T* dy = static_cast<const T*>(pb.b) + gn * pb.OutSpatial() * pb.out_ch + c0;
-      for (const FlatPair& lp : lead) {
-        const T* xrow = x + lp.first * last.in_size * pb.in_ch;
-        const T* dyrow = dy + lp.second * last.out_size * pb.out_ch;
-        for (int64_t j = jb, o = o_first; j < je; ++j, o += last.stride) {
-          const T* xp = xrow + j * pb.in_ch;
-          const T* dp = dyrow + o * pb.out_ch;
-          V dv[kColVecs];
-          if (std::is_same_v<T, Acc> && ncols == kcols) {
-            std::memcpy(dv, dp, sizeof(dv));
-          } else {
-            Acc tmp[Vec<Acc>::kCols] = {};
-            for (int c = 0; c < ncols; ++c) tmp[c] = ToAcc<Acc>(dp[c]);
-            std::memcpy(dv, tmp, sizeof(dv));
-          }
-#pragma GCC unroll 16
-          for (int i = 0; i < kRows; ++i) {
-            const Acc a = i < nrows ? ToAcc<Acc>(xp[i]) : Acc(0);
-#pragma GCC unroll 4
-            for (int c = 0; c < kColVecs; ++c) r[i][c] += dv[c] * a;
-          }
-        }
-      }
+      for (const FlatPair& lp : lead)
+        runs.push_back(Run{((gn * pb.InSpatial()) + lp.first * last.in_size + jb) * pb.in_ch,
+                           ((gn * pb.OutSpatial()) + lp.second * last.out_size + o_first) * pb.out_ch, je - jb});
     }
-    U* o[kRows];
-    for (int i = 0; i < kRows; ++i) o[i] = out[i] + c0;
-    StoreTile<U, Acc>(r, o, nrows, ncols);
   }
+
+  const T* x = static_cast<const T*>(pb.a) + (rows_from_x ? r0 : 0);
+  const T* dy = static_cast<const T*>(pb.b) + (rows_from_x ? 0 : r0);
+  U* dw = static_cast<U*>(pb.out) + (g * ksp + k) * pb.in_ch * pb.out_ch;
+  for (int64_t c0 = 0; c0 < col_ch; c0 += kTileCols) {
+    const int ncols = static_cast<int>(std::min<int64_t>(kTileCols, col_ch - c0));
+    V acc[R][CV];
+    for (int i = 0; i < R; ++i)
+      for (int c = 0; c < CV; ++c) acc[i][c] = V{};
+    const T* xc = rows_from_x ? x : x + c0;
+    const T* dyc = rows_from_x ? dy + c0 : dy;
+    const int64_t x_step = pb.in_ch, dy_step = last.stride * pb.out_ch;
+    if (nrows == R)
+      AccumulateRuns<T, Acc, R, CV, true>(acc, runs, rows_from_x, xc, dyc, x_step, dy_step, nrows, ncols);
+    else
+      AccumulateRuns<T, Acc, R, CV, false>(acc, runs, rows_from_x, xc, dyc, x_step, dy_step, nrows, ncols);
+    Acc tile[R][kTileCols];
+    std::memcpy(tile, acc, sizeof(tile));
+    for (int i = 0; i < nrows; ++i)
+      for (int c = 0; c < ncols; ++c) {
+        const int64_t ci = rows_from_x ? r0 + i : c0 + c;
+        const int64_t co = rows_from_x ? c0 + c : r0 + i;
+        dw[ci * pb.out_ch + co] = FromAcc<U>(tile[i][c]);
+      }
+  }
+}
+
+template <typename T, typename U, typename Acc>
+void WeightGradItem(const ConvProblem& pb, int64_t item) {
+  if (WeightGradFewRows(pb))
+    WeightGradTile<T, U, Acc, kFewRows, kFewColVecs>(pb, item);
+  else
+    WeightGradTile<T, U, Acc, kRows, kColVecs>(pb, item);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -412,9 +485,12 @@ bool PrepareTyped(ConvProblem& pb) {
       pb.num_items = pb.groups * pb.batch * lead_in * chunks;
       return PackWeights<T, Acc>(pb, /*transpose=*/true);
     }
-    case Pass::kWeightGrad:
-      pb.num_items = pb.groups * pb.KernelSpatial() * ((pb.in_ch + kRows - 1) / kRows);
+    case Pass::kWeightGrad: {
+      const int64_t rows = WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch;
+      const int64_t r = WeightGradFewRows(pb) ? kFewRows : kRows;
+      pb.num_items = pb.groups * pb.KernelSpatial() * std::max<int64_t>(1, (rows + r - 1) / r);
       return true;
+    }
   }
   return false;
 }

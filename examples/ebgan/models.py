@@ -18,9 +18,12 @@ CODE = 32
 
 
 def upsample(conv_transpose_cls, c_in, c_out, rngs):
-  """x2 upsampling, PyTorch's ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)."""
-  return conv_transpose_cls(c_in, c_out, (4, 4), (2, 2), padding=jaxseg.torch_padding((4, 4), 1),
-                            transpose_kernel=True, rngs=rngs)
+  """x2 upsampling with the geometry of PyTorch's ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1).
+
+  The kernel keeps flax's orientation (transpose_kernel=False): its default initialiser then takes the fan-in
+  from the input channels. (With transpose_kernel=True the kernel is (k, k, out, in) and the fan-in would come
+  from the output channels, which starts the 64 -> 1 layer with weights 8x too large.)"""
+  return conv_transpose_cls(c_in, c_out, (4, 4), (2, 2), padding=jaxseg.torch_padding((4, 4), 1), rngs=rngs)
 
 
 class Generator(nnx.Module):

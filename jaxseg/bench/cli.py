@@ -275,7 +275,7 @@ def _progress(total, disabled):
 
 
 def _fmt(v, spec):
-  return format(v, spec) if v is not None else "-"
+  return format(v, spec) if v is not None else format("-", ">" + spec.split(".")[0])
 
 
 def print_table(result, out=sys.stdout):
