@@ -23,7 +23,7 @@ from jax.extend.core import Primitive
 from jax._src import dispatch  # apply_primitive: eager calls compile the primitive alone, as jax's own do
 from jax.interpreters import ad, batching, mlir
 
-from jaxseg import _ext
+from jaxseg import _ext, _partitioning
 
 # Output dtypes our kernels write for each operand dtype; anything else is computed in the operand dtype and cast.
 _NATIVE_OUT = {
@@ -47,11 +47,30 @@ def output_spatial(in_spatial, kernel_spatial, strides, dilation, padding):
 # mixed operands are promoted first and the result cast to what the caller needs.
 
 
+def _varying_axes(x) -> frozenset:
+  """shard_map's varying manual axes of x (aval.mat.varying in jax 0.10, aval.vma later)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "mat", None)
+  return frozenset(getattr(mat, "varying", ()) if mat is not None else getattr(aval, "vma", ()))
+
+
+def _match_varying(a, b):
+  """Inside shard_map, makes both operands vary over the same manual axes, as jax's own binary ops do; the
+  transpose of that cast sums the cotangent of the invariant operand over those axes."""
+  va, vb = _varying_axes(a), _varying_axes(b)
+  if vb - va:
+    a = jax.lax.pcast(a, tuple(sorted(vb - va)), to="varying")
+  if va - vb:
+    b = jax.lax.pcast(b, tuple(sorted(va - vb)), to="varying")
+  return a, b
+
+
 def _bind(prim, a, b, *, out_dtype, **params):
   out_dtype = np.dtype(out_dtype)
   if a.dtype != b.dtype:
     common = jnp.promote_types(a.dtype, b.dtype)
     a, b = a.astype(common), b.astype(common)
+  a, b = _match_varying(a, b)
   compute = out_dtype if out_dtype in _NATIVE_OUT[np.dtype(a.dtype)] else np.dtype(a.dtype)
   out = prim.bind(a, b, out_dtype=compute, **params)
   return out if compute == out_dtype else out.astype(out_dtype)
@@ -82,12 +101,30 @@ def _check_common(a, b, a_name, b_name, strides):
     raise TypeError(f"group axes differ: {a.shape} and {b.shape}")
 
 
+def result_shape(target, a, b, strides, dilation, padding, extra):
+  """Shape of a pass's result from its operands' shapes (the one shape rule, used by abstract evaluation and by
+  the per-shard calls of the partitioner)."""
+  if target == _ext.FORWARD:
+    return (a[0], a[1], *output_spatial(a[2:-1], b[1:-2], strides, dilation, padding), b[-1])
+  if target == _ext.INPUT_GRAD:
+    return (a[0], a[1], *extra["in_spatial"], b[-2])
+  return (a[0], *extra["kernel_spatial"], a[-1], b[-1])
+
+
+def _result_aval(target, a, b, shape, dtype):
+  """The result derived from operand a's aval (keeping shard_map's manual-axis information), with the sharding
+  the partitioning rules give it."""
+  sharding = _partitioning.result_sharding(target, len(shape) - 3, a, b, len(shape))
+  kwargs = {"sharding": sharding} if sharding is not None else {}
+  return a.update(shape=shape, dtype=dtype, weak_type=False, **kwargs)
+
+
 def _forward_abstract_eval(x, w, *, strides, dilation, padding, out_dtype, precision):
   _check_common(x, w, "x", "w", strides)
   if x.shape[-1] != w.shape[-2]:
     raise TypeError(f"input channels differ: x {x.shape}, w {w.shape}")
-  out = output_spatial(x.shape[2:-1], w.shape[1:-2], strides, dilation, padding)
-  return x.update(shape=(x.shape[0], x.shape[1], *out, w.shape[-1]), dtype=out_dtype, weak_type=False)
+  shape = result_shape(_ext.FORWARD, x.shape, w.shape, strides, dilation, padding, {})
+  return _result_aval(_ext.FORWARD, x, w, shape, out_dtype)
 
 
 def _input_grad_abstract_eval(dy, w, *, in_spatial, strides, dilation, padding, out_dtype, precision):
@@ -95,7 +132,8 @@ def _input_grad_abstract_eval(dy, w, *, in_spatial, strides, dilation, padding, 
   out = output_spatial(in_spatial, w.shape[1:-2], strides, dilation, padding)
   if tuple(dy.shape[2:-1]) != out or dy.shape[-1] != w.shape[-1]:
     raise TypeError(f"dy {dy.shape} does not match w {w.shape} and input spatial {in_spatial}")
-  return dy.update(shape=(dy.shape[0], dy.shape[1], *in_spatial, w.shape[-2]), dtype=out_dtype, weak_type=False)
+  shape = result_shape(_ext.INPUT_GRAD, dy.shape, w.shape, strides, dilation, padding, {"in_spatial": in_spatial})
+  return _result_aval(_ext.INPUT_GRAD, dy, w, shape, out_dtype)
 
 
 def _weight_grad_abstract_eval(x, dy, *, kernel_spatial, strides, dilation, padding, out_dtype, precision):
@@ -103,8 +141,9 @@ def _weight_grad_abstract_eval(x, dy, *, kernel_spatial, strides, dilation, padd
   out = output_spatial(x.shape[2:-1], kernel_spatial, strides, dilation, padding)
   if tuple(dy.shape[2:-1]) != out or x.shape[1] != dy.shape[1]:
     raise TypeError(f"dy {dy.shape} does not match x {x.shape} and kernel spatial {kernel_spatial}")
-  return x.update(shape=(x.shape[0], *kernel_spatial, x.shape[-1], dy.shape[-1]), dtype=out_dtype,
-                  weak_type=False)
+  shape = result_shape(_ext.WEIGHT_GRAD, x.shape, dy.shape, strides, dilation, padding,
+                       {"kernel_spatial": kernel_spatial})
+  return _result_aval(_ext.WEIGHT_GRAD, x, dy, shape, out_dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -165,12 +204,29 @@ def _unfold(v, size, axis):
   return v.reshape(v.shape[:axis] + (size, v.shape[axis] // size) + v.shape[axis + 1:]), axis
 
 
+def _sharded_in_type(v, axis) -> bool:
+  """Whether axis `axis` of v carries a mesh axis in its type (explicit sharding)."""
+  spec = getattr(getattr(jax.typeof(v), "sharding", None), "spec", None)
+  return spec is not None and axis < len(spec) and spec[axis] is not None
+
+
 def _make_batcher(fn, a_fold, b_fold, out_of_a, out_of_b):
   """fn(a, b, **params); a_fold / b_fold: axis of a / b that a lone mapped axis folds into (negative from the
   end); out_of_a / out_of_b: the axis of the result it then shows up in."""
 
   def rule(args, dims, **params):
     (a, b), (da, db) = args, dims
+    if (da is None) != (db is None):
+      # One operand mapped. Under explicit sharding an unsharded mapped axis cannot merge into a sharded one;
+      # then broadcast the other operand and fold both into G, as when both are mapped.
+      v, dv, fold = (a, da, a_fold) if da is not None else (b, db, b_fold)
+      axis = fold % (v.ndim - 1)
+      if _sharded_in_type(v, axis + (axis >= dv)) and not _sharded_in_type(v, dv):
+        size = v.shape[dv]
+        if da is None:
+          a, da = jnp.broadcast_to(a[None], (size,) + a.shape), 0
+        else:
+          b, db = jnp.broadcast_to(b[None], (size,) + b.shape), 0
     if da is not None and db is not None:
       size = a.shape[da]
       out = fn(_fold(a, da, 0), _fold(b, db, 0), **params)
@@ -192,13 +248,25 @@ def _make_batcher(fn, a_fold, b_fold, out_of_a, out_of_b):
 # Lowering: our custom calls where we have kernels; elsewhere XLA's convolution of the same meaning.
 
 
-def _kernel_lowering(target):
-  lower = jax.ffi.ffi_lowering(target)
+def _spans_devices(ctx) -> bool:
+  """Whether this lowering is for a computation over several devices (then the partitioner needs our rules)."""
+  axis_context = ctx.module_context.axis_context
+  devices = getattr(axis_context, "device_assignment", None)
+  if devices is not None:
+    return len(devices) > 1
+  mesh = getattr(axis_context, "mesh", None)
+  return mesh is not None and mesh.size > 1
 
-  def rule(ctx, a, b, *, strides, dilation, padding, **_):
-    return lower(ctx, a, b, strides=np.asarray(strides, np.int64), dilation=np.asarray(dilation, np.int64),
-                 padding_lo=np.asarray([p[0] for p in padding], np.int64),
-                 padding_hi=np.asarray([p[1] for p in padding], np.int64))
+
+def _kernel_lowering(target):
+  direct = jax.ffi.ffi_lowering(target)
+
+  def rule(ctx, a, b, *, strides, dilation, padding, out_dtype, precision, **extra):
+    if not _spans_devices(ctx):
+      return direct(ctx, a, b, **_partitioning.ffi_attributes(strides, dilation, padding))
+    call = partial(_partitioning.kernel_call, target, strides=strides, dilation=dilation, padding=padding,
+                   out_dtype=out_dtype, extra=tuple(sorted(extra.items())))
+    return mlir.lower_fun(call, multiple_results=False)(ctx, a, b)
 
   return rule
 
@@ -240,6 +308,8 @@ conv_transpose_weight_grad_p = Primitive("jaxseg_conv_transpose_weight_grad")
 
 def _setup(p, abstract_eval, target, lax_impl, transpose_a, transpose_b, batcher):
   p.def_impl(partial(dispatch.apply_primitive, p))
+  # Our lowering may emit a custom_partitioning call, which needs the concrete devices at lowering time.
+  getattr(dispatch, "prim_requires_devices_during_lowering", set()).add(p)
   p.def_abstract_eval(abstract_eval)
   mlir.register_lowering(p, mlir.lower_fun(lax_impl, multiple_results=False))
   for platform in _ext.KERNEL_PLATFORMS:

@@ -1,0 +1,122 @@
+"""Checks on 8 virtual CPU devices, run by test_sharding.py in a subprocess (the device count has to be set
+before jax starts): `python multidevice_checks.py NAME`."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import re  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
+
+import jaxseg  # noqa: E402
+
+rng = np.random.default_rng(0)
+
+
+def mesh(shape, names, kind):
+  return jax.make_mesh(shape, names, axis_types=(getattr(AxisType, kind),) * len(shape))
+
+
+def collectives(fn, *args):
+  hlo = jax.jit(fn).lower(*args).compile().as_text()
+  return {op: len(re.findall(rf"\b{op}(?:-start)?\(", hlo)) for op in ("all-gather", "all-reduce", "all-to-all")}
+
+
+def close(a, b, tol=1e-5):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  err = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+  assert err < tol, err
+
+
+def case(n_spatial):
+  x = rng.standard_normal((16, *(7, 6, 5)[:n_spatial], 32)).astype(np.float32)
+  w = rng.standard_normal(((4, 3, 2)[:n_spatial] + (32, 24))).astype(np.float32)
+  strides = (2, 3, 2)[:n_spatial]
+  f = lambda x, w: jaxseg.conv_transpose(x, w, strides, "SAME")
+  return x, w, f
+
+
+def check_batch_sharded_forward(kind):
+  for n in (1, 2, 3):
+    x, w, f = case(n)
+    m = mesh((8,), ("data",), kind)
+    xs, ws = jax.device_put(x, NamedSharding(m, P("data"))), jax.device_put(w, NamedSharding(m, P()))
+    y = jax.jit(f)(xs, ws)
+    close(y, f(x, w))
+    assert y.sharding.spec[0] == "data" and all(s is None for s in y.sharding.spec[1:]), y.sharding
+    c = collectives(f, xs, ws)
+    assert c["all-gather"] == 0 and c["all-reduce"] == 0, c
+
+
+def check_batch_sharded_grad(kind):
+  x, w, f = case(2)
+  loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  m = mesh((8,), ("data",), kind)
+  xs, ws = jax.device_put(x, NamedSharding(m, P("data"))), jax.device_put(w, NamedSharding(m, P()))
+  g = jax.jit(jax.grad(loss, (0, 1)))(xs, ws)
+  for a, b in zip(g, jax.grad(loss, (0, 1))(x, w)):
+    close(a, b)
+  assert g[0].sharding.spec[0] == "data"
+  c = collectives(jax.grad(loss, (0, 1)), xs, ws)
+  # The weight gradient's one all-reduce; no activation is gathered.
+  assert c["all-gather"] == 0 and c["all-reduce"] == 1, c
+
+
+def check_feature_sharded_kernel(kind):
+  x, w, f = case(2)
+  m = mesh((8,), ("model",), kind)
+  xs, ws = jax.device_put(x, NamedSharding(m, P())), jax.device_put(w, NamedSharding(m, P(None, None, None, "model")))
+  y = jax.jit(f)(xs, ws)
+  close(y, f(x, w))
+  assert y.sharding.spec[-1] == "model", y.sharding
+  assert collectives(f, xs, ws)["all-gather"] == 0
+
+
+def check_two_axis_mesh(kind):
+  x, w, f = case(2)
+  m = mesh((4, 2), ("data", "model"), kind)
+  xs = jax.device_put(x, NamedSharding(m, P("data")))
+  ws = jax.device_put(w, NamedSharding(m, P(None, None, None, "model")))
+  y = jax.jit(f)(xs, ws)
+  close(y, f(x, w))
+  assert y.sharding.spec[0] == "data" and y.sharding.spec[-1] == "model", y.sharding
+  assert collectives(f, xs, ws)["all-gather"] == 0
+
+
+def check_shard_map(kind):
+  x, w, f = case(2)
+  loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  m = mesh((8,), ("data",), kind)
+  xs, ws = jax.device_put(x, NamedSharding(m, P("data"))), jax.device_put(w, NamedSharding(m, P()))
+  sm = jax.jit(jax.shard_map(f, mesh=m, in_specs=(P("data"), P()), out_specs=P("data")))
+  close(sm(xs, ws), f(x, w))
+  smg = jax.jit(jax.shard_map(jax.grad(loss, (0, 1)), mesh=m, in_specs=(P("data"), P()),
+                              out_specs=(P("data"), P())))
+  gx, gw = smg(xs, ws)
+  want = jax.grad(loss, (0, 1))(x, w)
+  close(gx, want[0])
+  close(gw, want[1])  # the invariant kernel's cotangent is summed over the shards
+
+
+def check_vmap_under_sharding(kind):
+  x, w, f = case(1)
+  xb = np.stack([x, 2 * x])  # (2, 16, 7, 32)
+  m = mesh((8,), ("data",), kind)
+  xs = jax.device_put(xb, NamedSharding(m, P(None, "data")))
+  vf = jax.vmap(f, (0, None))
+  y = jax.jit(vf)(xs, jax.device_put(w, NamedSharding(m, P())))
+  close(y, vf(xb, w))
+
+
+CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
+
+if __name__ == "__main__":
+  name, kind = sys.argv[1], sys.argv[2]
+  CHECKS[name](kind)
+  print("OK", name, kind)
