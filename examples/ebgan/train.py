@@ -3,6 +3,7 @@
   python examples/ebgan/train.py                       # default run: a few minutes on 2 CPU cores
   python examples/ebgan/train.py --impl flax           # the same model on flax.nnx.ConvTranspose
   python examples/ebgan/train.py --compare             # both impls, a few steps each: step time, temp memory
+  python examples/ebgan/train.py --devices 8           # data parallel over 8 devices (virtual ones on CPU)
 
 Writes sample grids from a fixed latent every --sample-every steps, a loss plot, an orbax checkpoint (--resume
 continues from it) and a summary line to --out.
@@ -20,11 +21,28 @@ import struct
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
+
+
+def _requested_devices(argv) -> int:
+  for i, arg in enumerate(argv):
+    if arg == "--devices" and i + 1 < len(argv):
+      return int(argv[i + 1])
+    if arg.startswith("--devices="):
+      return int(arg.split("=", 1)[1])
+  return 1
+
+
+# More devices than the CPU offers become virtual CPU devices; that has to be set before jax starts.
+if _requested_devices(sys.argv[1:]) > 1 and "host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={_requested_devices(sys.argv[1:])}")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import AxisType, NamedSharding, PartitionSpec  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models  # noqa: E402
@@ -120,11 +138,31 @@ def sample(graphdef, state, z):
   return g(z)
 
 
-def compile_step(graphdef, state, batch_size, margin, pt_weight):
-  """The train step compiled for these shapes, with its compiled temp memory in bytes."""
+class Placement:
+  """Where the step runs: one device, or a mesh whose "data" axis splits the batch (state replicated)."""
+
+  def __init__(self, devices: int, batch_size: int):
+    available = jax.devices()
+    if devices < 1 or devices > len(available):
+      raise SystemExit(f"--devices {devices}: {len(available)} {available[0].platform} device(s) available")
+    if batch_size % devices:
+      raise SystemExit(f"--batch-size {batch_size} must be a multiple of --devices {devices}")
+    mesh = jax.make_mesh((devices,), ("data",), axis_types=(AxisType.Auto,), devices=available[:devices])
+    self.batch = NamedSharding(mesh, PartitionSpec("data"))
+    self.replicated = NamedSharding(mesh, PartitionSpec())
+
+  def data(self, x):
+    return jax.device_put(x, self.batch)
+
+  def state(self, state):
+    return jax.device_put(state, self.replicated)
+
+
+def compile_step(graphdef, state, batch_size, margin, pt_weight, placement):
+  """The train step compiled for these shapes and placement, with its compiled temp memory in bytes."""
   step = jax.jit(functools.partial(train_step, graphdef, margin=margin, pt_weight=pt_weight), donate_argnums=0)
-  real = jax.ShapeDtypeStruct((batch_size, 28, 28, 1), jnp.float32)
-  z = jax.ShapeDtypeStruct((batch_size, models.LATENT), jnp.float32)
+  real = jax.ShapeDtypeStruct((batch_size, 28, 28, 1), jnp.float32, sharding=placement.batch)
+  z = jax.ShapeDtypeStruct((batch_size, models.LATENT), jnp.float32, sharding=placement.batch)
   compiled = step.lower(state, real, z).compile()
   mem = compiled.memory_analysis()
   return compiled, (mem.temp_size_in_bytes if mem is not None else -1)
@@ -204,7 +242,9 @@ def train(args):
   if args.resume:
     state, start = restore_checkpoint(out, state)
     print(f"resumed from step {start}")
-  step_fn, temp_bytes = compile_step(graphdef, state, args.batch_size, args.margin, args.pt_weight)
+  placement = Placement(args.devices, args.batch_size)
+  state = placement.state(state)
+  step_fn, temp_bytes = compile_step(graphdef, state, args.batch_size, args.margin, args.pt_weight, placement)
   sample_fn = jax.jit(functools.partial(sample, graphdef))
   z_fixed = jax.random.normal(jax.random.key(1234), (64, models.LATENT))
   rng = np.random.default_rng([args.seed, start])
@@ -214,8 +254,8 @@ def train(args):
   bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=f"ebgan[{args.impl}]",
              disable=args.quiet)
   for step in bar:
-    real = jnp.asarray(next(data))
-    z = jnp.asarray(rng.standard_normal((args.batch_size, models.LATENT)), jnp.float32)
+    real = placement.data(next(data))
+    z = placement.data(rng.standard_normal((args.batch_size, models.LATENT)).astype(np.float32))
     t0 = time.perf_counter()
     state, metrics = step_fn(state, real, z)
     metrics = jax.device_get(metrics)
@@ -230,32 +270,36 @@ def train(args):
   if history["step"]:
     save_grid(sample_fn(state, z_fixed), out / "samples_final.png")
     save_loss_plot(history, out / "losses.png")
-  ckpt = save_checkpoint(out, state, args.steps)
+  ckpt = save_checkpoint(out, jax.device_get(state), args.steps)
   mean_ms = 1e3 * float(np.mean(times[1:] if len(times) > 1 else times)) if times else float("nan")
-  print(f"summary: impl={args.impl} steps={args.steps} batch={args.batch_size} mean_step_ms={mean_ms:.1f} "
-        f"train_step_temp_MiB={temp_bytes / 2**20:.1f} final_loss_d={history['loss_d'][-1] if times else 'n/a'} "
-        f"checkpoint={ckpt} out={out}")
+  last = {k: (f"{history[k][-1]:.6g}" if times else "n/a") for k in ("loss_d", "loss_g")}
+  print(f"summary: impl={args.impl} devices={args.devices} steps={args.steps} batch={args.batch_size} "
+        f"mean_step_ms={mean_ms:.1f} train_step_temp_MiB={temp_bytes / 2**20:.1f} "
+        f"final_loss_d={last['loss_d']} final_loss_g={last['loss_g']} checkpoint={ckpt} out={out}")
 
 
 def compare(args):
   images = load_images(args.data)
+  placement = Placement(args.devices, args.batch_size)
   rows = []
   for impl in ("flax", "jaxseg"):
     graphdef, state = make_state(impl, args.seed, args.lr)
-    step_fn, temp_bytes = compile_step(graphdef, state, args.batch_size, args.margin, args.pt_weight)
+    state = placement.state(state)
+    step_fn, temp_bytes = compile_step(graphdef, state, args.batch_size, args.margin, args.pt_weight, placement)
     data = batches(images, args.batch_size, args.seed)
     rng = np.random.default_rng(args.seed)
     times, losses = [], []
     for _ in range(args.compare_steps + 1):  # the first step warms up
-      real = jnp.asarray(next(data))
-      z = jnp.asarray(rng.standard_normal((args.batch_size, models.LATENT)), jnp.float32)
+      real = placement.data(next(data))
+      z = placement.data(rng.standard_normal((args.batch_size, models.LATENT)).astype(np.float32))
       t0 = time.perf_counter()
       state, metrics = step_fn(state, real, z)
       metrics = jax.device_get(metrics)
       times.append(time.perf_counter() - t0)
       losses.append((float(metrics["loss_d"]), float(metrics["loss_g"])))
     rows.append((impl, 1e3 * float(np.median(times[1:])), temp_bytes / 2**20, losses[-1]))
-  print(f"EB-GAN train step, batch {args.batch_size}, {args.compare_steps} steps each, {jax.devices()[0].platform}")
+  print(f"EB-GAN train step, batch {args.batch_size}, {args.compare_steps} steps each, "
+        f"{args.devices} {jax.devices()[0].platform} device(s)")
   print(f"{'impl':8s} {'median step ms':>15s} {'temp MiB':>10s} {'loss_d':>10s} {'loss_g':>10s}")
   for impl, ms, mib, (ld, lg) in rows:
     print(f"{impl:8s} {ms:15.1f} {mib:10.1f} {ld:10.4f} {lg:10.4f}")
@@ -276,6 +320,8 @@ def main(argv=None):
   p.add_argument("--lr", type=float, default=5e-4)
   p.add_argument("--margin", type=float, default=0.3, help="energy margin m (energies are per-pixel mean squared errors)")
   p.add_argument("--pt-weight", type=float, default=0.1, help="weight of the pulling-away term")
+  p.add_argument("--devices", type=int, default=1,
+                 help="data parallel over this many devices (more than the CPU has become virtual CPU devices)")
   p.add_argument("--compare", action="store_true", help="time both impls for --compare-steps steps and exit")
   p.add_argument("--compare-steps", type=int, default=10)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
