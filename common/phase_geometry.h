@@ -139,6 +139,58 @@ inline AxisGeometry MakeAxisGeometry(int64_t in, int64_t kernel, int64_t stride,
   return g;
 }
 
+// The phases of all spatial axes together: a phase is one residue per axis; its outputs are the grid
+// q = (q_0, ..., q_{D-1}), q_a in [0, count_a), at o_a = q_a*stride_a + residue_a, and its taps are every
+// combination of one tap per axis (the sub-kernel). The kernels walk these instead of the axes one by one.
+constexpr int kMaxSpatialDims = 8;
+
+struct TapND {
+  int64_t k;                         // flat kernel index
+  int64_t offset[kMaxSpatialDims];   // input j_a = q_a + offset_a
+  int64_t q_begin[kMaxSpatialDims];  // the tap reads inside the input for q_a in [q_begin_a, q_end_a)
+  int64_t q_end[kMaxSpatialDims];
+};
+
+struct PhaseND {
+  int64_t residue[kMaxSpatialDims];
+  int64_t count[kMaxSpatialDims];
+  int64_t pixels;  // product of the counts
+  std::vector<TapND> taps;
+};
+
+inline std::vector<PhaseND> MakePhasesND(const std::vector<AxisGeometry>& axes) {
+  const size_t d = axes.size();
+  std::vector<PhaseND> phases(1);
+  phases[0].pixels = 1;
+  phases[0].taps.resize(1);
+  phases[0].taps[0].k = 0;
+  for (size_t a = 0; a < d; ++a) {
+    std::vector<PhaseND> next;
+    for (const PhaseND& p : phases) {
+      for (const Phase& ap : axes[a].phases) {
+        PhaseND q = p;
+        q.residue[a] = ap.residue;
+        q.count[a] = ap.count;
+        q.pixels = p.pixels * ap.count;
+        q.taps.clear();
+        for (const TapND& t : p.taps) {
+          for (const Tap& at : ap.taps) {
+            TapND u = t;
+            u.k = t.k * axes[a].kernel_size + at.k;
+            u.offset[a] = at.offset;
+            u.q_begin[a] = at.q_begin;
+            u.q_end[a] = at.q_end;
+            q.taps.push_back(u);
+          }
+        }
+        next.push_back(std::move(q));
+      }
+    }
+    phases.swap(next);
+  }
+  return phases;
+}
+
 }  // namespace jaxseg
 
 #endif  // JAXSEG_COMMON_PHASE_GEOMETRY_H_

@@ -29,7 +29,6 @@ namespace {
 
 constexpr int kRows = JAXSEG_ROWS;
 constexpr int kColVecs = JAXSEG_COL_VECS;
-constexpr int64_t kChunkTiles = 8;  // register tiles of the last spatial axis in one work item
 
 typedef float VecF32 __attribute__((vector_size(64)));
 typedef double VecF64 __attribute__((vector_size(64)));
@@ -93,16 +92,6 @@ inline AlignedBuffer AllocateAligned(int64_t bytes) {
   return AlignedBuffer(std::aligned_alloc(64, static_cast<size_t>(bytes)));
 }
 
-// Mixed-radix decomposition of a flat index over the leading (all but last) spatial axes.
-inline void Unflatten(int64_t flat, const std::vector<AxisGeometry>& axes, bool in, int64_t* idx) {
-  const int64_t n = static_cast<int64_t>(axes.size()) - 1;
-  for (int64_t a = n - 1; a >= 0; --a) {
-    const int64_t size = in ? axes[a].in_size : axes[a].out_size;
-    idx[a] = flat % size;
-    flat /= size;
-  }
-}
-
 // Index pairs over the leading axes as flat indices: the cartesian product of one list of pairs per axis.
 // `first` and `second` say which extent each member counts in (so flattening uses the right radix).
 enum class Extent { kKernel, kIn, kOut };
@@ -132,170 +121,193 @@ inline void Product(const std::vector<AxisGeometry>& axes, Extent first, Extent 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Packing: weights to the accumulation type, columns padded to the register tile, once per call.
+// Packing: weights to the accumulation type, once per call, as contiguous panels of one register tile of columns
+// (tap, column tile, depth, kCols): a panel is read row after row without the cache-set conflicts that a
+// power-of-two row stride would cause. Columns past the last are zero.
 
 template <typename T, typename Acc>
 bool PackWeights(ConvProblem& pb, bool transpose) {
   const int64_t kcols = Vec<Acc>::kCols;
   const int64_t taps = pb.groups * pb.KernelSpatial();
-  const int64_t rows = transpose ? pb.out_ch : pb.in_ch;
+  const int64_t depth = transpose ? pb.out_ch : pb.in_ch;
   const int64_t cols = transpose ? pb.in_ch : pb.out_ch;
   pb.packed_ld = RoundUp(std::max<int64_t>(cols, 1), kcols);
-  pb.packed = AllocateAligned(taps * rows * pb.packed_ld * static_cast<int64_t>(sizeof(Acc)));
+  const int64_t tiles = pb.packed_ld / kcols;
+  pb.packed = AllocateAligned(taps * depth * pb.packed_ld * static_cast<int64_t>(sizeof(Acc)));
   if (!pb.packed) return false;
   const T* w = static_cast<const T*>(pb.b);
   Acc* dst = static_cast<Acc*>(pb.packed.get());
   for (int64_t t = 0; t < taps; ++t) {
     const T* wt = w + t * pb.in_ch * pb.out_ch;  // (Ci, Co)
-    Acc* dt = dst + t * rows * pb.packed_ld;
-    for (int64_t r = 0; r < rows; ++r) {
-      Acc* d = dt + r * pb.packed_ld;
-      for (int64_t c = 0; c < cols; ++c)
-        d[c] = ToAcc<Acc>(transpose ? wt[c * pb.out_ch + r] : wt[r * pb.out_ch + c]);
-      for (int64_t c = cols; c < pb.packed_ld; ++c) d[c] = Acc(0);
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      Acc* panel = dst + (t * tiles + tile) * depth * kcols;
+      for (int64_t r = 0; r < depth; ++r) {
+        for (int64_t c = 0; c < kcols; ++c) {
+          const int64_t col = tile * kcols + c;
+          panel[r * kcols + c] =
+              col < cols ? ToAcc<Acc>(transpose ? wt[col * pb.out_ch + r] : wt[r * pb.out_ch + col]) : Acc(0);
+        }
+      }
     }
   }
   return true;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Forward. Item = (group*batch, leading output pixel, last-axis phase, chunk of that phase's outputs).
+// Forward and input gradient share one driver: for a block of destination pixels (spanning images, so small
+// images still give long blocks), dst[m] = sum over taps t of src(m, t) . W[t], where src(m, t) is the pixel row
+// tap t reads for pixel m (the zero row where it meets padding). Column tiles are outermost, so a tap's weight
+// panel (depth x one tile of columns) stays in cache while every register tile of the block uses it.
+
+constexpr int64_t kBlockTiles = 16;  // register tiles of rows per work item
+constexpr int64_t kBlockRows = kRows * kBlockTiles;
 
 template <typename T, typename U, typename Acc>
-void ForwardItem(const ConvProblem& pb, int64_t item) {
+void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t* tap_k, U* const* dst,
+                     const Acc* w, int64_t depth, int64_t ncols, int64_t ld, const T* zero) {
   using V = typename Vec<Acc>::type;
-  const auto& axes = pb.axes;
-  const AxisGeometry& last = axes.back();
-  const int64_t s = last.stride;
-  const int64_t chunk_len = pb.chunk;
-  int64_t max_count = 0;
-  for (const Phase& p : last.phases) max_count = std::max(max_count, p.count);
-  const int64_t chunks = std::max<int64_t>(1, (max_count + chunk_len - 1) / chunk_len);
-  int64_t outer_out = 1;
-  for (size_t a = 0; a + 1 < axes.size(); ++a) outer_out *= axes[a].out_size;
-
-  const int64_t chunk = item % chunks;
-  item /= chunks;
-  const int64_t r = item % s;
-  item /= s;
-  const int64_t o_outer = item % outer_out;
-  const int64_t gn = item / outer_out;
-  const int64_t g = gn / pb.batch;
-
-  const Phase& phase = last.phases[r];
-  const int64_t q_lo = chunk * chunk_len;
-  const int64_t q_hi = std::min(phase.count, q_lo + chunk_len);
-  if (q_lo >= q_hi) return;
-
-  int64_t o_idx[8];
-  Unflatten(o_outer, axes, false, o_idx);
-  thread_local std::vector<FlatPair> lead;
-  Product(axes, Extent::kKernel, Extent::kIn,
-          [&](int64_t a, auto emit) {
-            const AxisGeometry& ax = axes[a];
-            const int64_t q = o_idx[a] / ax.stride;
-            for (const Tap& t : ax.phases[o_idx[a] % ax.stride].taps)
-              if (q >= t.q_begin && q < t.q_end) emit(t.k, q + t.offset);
-          },
-          &lead);
-
-  const T* x = static_cast<const T*>(pb.a) + gn * pb.InSpatial() * pb.in_ch;
-  const Acc* w = static_cast<const Acc*>(pb.packed.get()) + g * pb.KernelSpatial() * pb.in_ch * pb.packed_ld;
-  U* y = static_cast<U*>(pb.out) + (gn * pb.OutSpatial() + o_outer * last.out_size) * pb.out_ch;
-  const T* zero = static_cast<const T*>(pb.zeros.get());
   const int64_t kcols = Vec<Acc>::kCols;
-
-  for (int64_t q0 = q_lo; q0 < q_hi; q0 += kRows) {
-    const int nrows = static_cast<int>(std::min<int64_t>(kRows, q_hi - q0));
-    U* dst[kRows];
-    for (int i = 0; i < kRows; ++i) dst[i] = y + ((q0 + std::min(i, nrows - 1)) * s + r) * pb.out_ch;
-    for (int64_t c0 = 0; c0 < pb.out_ch; c0 += kcols) {
+  for (int64_t c0 = 0; c0 < ncols; c0 += kcols) {
+    const int cols = static_cast<int>(std::min<int64_t>(kcols, ncols - c0));
+    for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+      const int nrows = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
       V acc[kRows][kColVecs];
       ZeroTile<Acc>(acc);
-      for (const FlatPair& lp : lead) {
-        const T* xrow = x + lp.second * last.in_size * pb.in_ch;
-        for (const Tap& t : phase.taps) {
-          const T* rows[kRows];
-          for (int i = 0; i < kRows; ++i) {
-            const int64_t q = q0 + i;
-            rows[i] = (i < nrows && q >= t.q_begin && q < t.q_end) ? xrow + (q + t.offset) * pb.in_ch : zero;
-          }
-          const int64_t k = lp.first * last.kernel_size + t.k;
-          AccumulateRows<T, Acc>(acc, rows, w + k * pb.in_ch * pb.packed_ld + c0, pb.in_ch, pb.packed_ld);
+      for (int64_t t = 0; t < taps; ++t) {
+        const T* rp[kRows];
+        bool any = false;
+        for (int i = 0; i < kRows; ++i) {
+          rp[i] = i < nrows ? src[(r0 + i) * taps + t] : zero;
+          any |= rp[i] != zero;
         }
+        // The panel of tap t and this column tile (see PackWeights); its rows are kcols apart.
+        const Acc* panel = w + (tap_k[t] * (ld / kcols) + c0 / kcols) * depth * kcols;
+        if (any) AccumulateRows<T, Acc>(acc, rp, panel, depth, kcols);
       }
       U* out[kRows];
-      for (int i = 0; i < kRows; ++i) out[i] = dst[i] + c0;
-      StoreTile<U, Acc>(acc, out, nrows, static_cast<int>(std::min<int64_t>(kcols, pb.out_ch - c0)));
+      for (int i = 0; i < kRows; ++i) out[i] = dst[r0 + std::min(i, nrows - 1)] + c0;
+      StoreTile<U, Acc>(acc, out, nrows, cols);
     }
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Input gradient. Item = (group*batch, leading input pixel, chunk of the last input axis).
+// Row-major strides of a spatial extent (elements per step of each axis, in pixels).
+inline void PixelStrides(const std::vector<AxisGeometry>& axes, bool in, int64_t* stride) {
+  int64_t s = 1;
+  for (int64_t a = static_cast<int64_t>(axes.size()) - 1; a >= 0; --a) {
+    stride[a] = s;
+    s *= in ? axes[a].in_size : axes[a].out_size;
+  }
+}
 
+// Forward. Item = (group, phase, block of that phase's outputs over the batch).
 template <typename T, typename U, typename Acc>
-void InputGradItem(const ConvProblem& pb, int64_t item) {
-  using V = typename Vec<Acc>::type;
+void ForwardItem(const ConvProblem& pb, int64_t item) {
   const auto& axes = pb.axes;
-  const AxisGeometry& last = axes.back();
-  const int64_t chunks = std::max<int64_t>(1, (last.in_size + pb.chunk - 1) / pb.chunk);
-  int64_t outer_in = 1;
-  for (size_t a = 0; a + 1 < axes.size(); ++a) outer_in *= axes[a].in_size;
+  const int64_t d = static_cast<int64_t>(axes.size());
+  const int64_t per_group = pb.phase_first_block.back();
+  const int64_t g = item / per_group;
+  const int64_t block = item % per_group;
+  size_t p = 0;
+  while (pb.phase_first_block[p + 1] <= block) ++p;
+  const PhaseND& phase = pb.phases[p];
+  const int64_t m0 = (block - pb.phase_first_block[p]) * kBlockRows;
+  const int64_t rows = std::min(kBlockRows, pb.batch * phase.pixels - m0);
+  const int64_t taps = static_cast<int64_t>(phase.taps.size());
 
-  const int64_t chunk = item % chunks;
-  item /= chunks;
-  const int64_t j_outer = item % outer_in;
-  const int64_t gn = item / outer_in;
-  const int64_t g = gn / pb.batch;
-  const int64_t j_lo = chunk * pb.chunk;
-  const int64_t j_hi = std::min(last.in_size, j_lo + pb.chunk);
-  if (j_lo >= j_hi) return;
-
-  int64_t j_idx[8];
-  Unflatten(j_outer, axes, true, j_idx);
-  thread_local std::vector<FlatPair> lead;
-  Product(axes, Extent::kKernel, Extent::kOut,
-          [&](int64_t a, auto emit) {
-            const AxisGeometry& ax = axes[a];
-            for (int64_t k = 0; k < ax.kernel_size; ++k) {
-              const int64_t o = ax.OutputOf(k, j_idx[a]);
-              if (o >= 0) emit(k, o);
-            }
-          },
-          &lead);
-
-  const T* dy = static_cast<const T*>(pb.a) + gn * pb.OutSpatial() * pb.out_ch;
-  const Acc* wt = static_cast<const Acc*>(pb.packed.get()) + g * pb.KernelSpatial() * pb.out_ch * pb.packed_ld;
-  U* dx = static_cast<U*>(pb.out) + (gn * pb.InSpatial() + j_outer * last.in_size) * pb.in_ch;
+  int64_t in_stride[kMaxSpatialDims], out_stride[kMaxSpatialDims];
+  PixelStrides(axes, true, in_stride);
+  PixelStrides(axes, false, out_stride);
+  const T* x = static_cast<const T*>(pb.a);
+  U* y = static_cast<U*>(pb.out);
   const T* zero = static_cast<const T*>(pb.zeros.get());
-  const int64_t kcols = Vec<Acc>::kCols;
-
-  for (int64_t j0 = j_lo; j0 < j_hi; j0 += kRows) {
-    const int nrows = static_cast<int>(std::min<int64_t>(kRows, j_hi - j0));
-    for (int64_t c0 = 0; c0 < pb.in_ch; c0 += kcols) {
-      V acc[kRows][kColVecs];
-      ZeroTile<Acc>(acc);
-      for (const FlatPair& lp : lead) {
-        const T* dyrow = dy + lp.second * last.out_size * pb.out_ch;
-        for (int64_t k = 0; k < last.kernel_size; ++k) {
-          const T* rows[kRows];
-          bool any = false;
-          for (int i = 0; i < kRows; ++i) {
-            const int64_t o = i < nrows ? last.OutputOf(k, j0 + i) : -1;
-            rows[i] = o >= 0 ? dyrow + o * pb.out_ch : zero;
-            any |= o >= 0;
-          }
-          if (!any) continue;
-          const int64_t kk = lp.first * last.kernel_size + k;
-          AccumulateRows<T, Acc>(acc, rows, wt + kk * pb.out_ch * pb.packed_ld + c0, pb.out_ch, pb.packed_ld);
-        }
+  thread_local std::vector<const T*> src;
+  thread_local std::vector<U*> dst;
+  thread_local std::vector<int64_t> tap_k;
+  src.resize(rows * taps);
+  dst.resize(rows);
+  tap_k.resize(taps);
+  for (int64_t t = 0; t < taps; ++t) tap_k[t] = phase.taps[t].k;
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t m = m0 + i;
+    const int64_t gn = g * pb.batch + m / phase.pixels;
+    int64_t rest = m % phase.pixels, q[kMaxSpatialDims], o_flat = 0;
+    for (int64_t a = d - 1; a >= 0; --a) {
+      q[a] = rest % phase.count[a];
+      rest /= phase.count[a];
+      o_flat += (q[a] * axes[a].stride + phase.residue[a]) * out_stride[a];
+    }
+    dst[i] = y + (gn * pb.OutSpatial() + o_flat) * pb.out_ch;
+    for (int64_t t = 0; t < taps; ++t) {
+      const TapND& tap = phase.taps[t];
+      int64_t j_flat = 0;
+      bool inside = true;
+      for (int64_t a = 0; a < d; ++a) {
+        inside &= q[a] >= tap.q_begin[a] && q[a] < tap.q_end[a];
+        j_flat += (q[a] + tap.offset[a]) * in_stride[a];
       }
-      U* out[kRows];
-      for (int i = 0; i < kRows; ++i) out[i] = dx + (j0 + std::min(i, nrows - 1)) * pb.in_ch + c0;
-      StoreTile<U, Acc>(acc, out, nrows, static_cast<int>(std::min<int64_t>(kcols, pb.in_ch - c0)));
+      src[i * taps + t] = inside ? x + (gn * pb.InSpatial() + j_flat) * pb.in_ch : zero;
     }
   }
+  const Acc* w = static_cast<const Acc*>(pb.packed.get()) + g * pb.KernelSpatial() * pb.in_ch * pb.packed_ld;
+  GatherGemmBlock<T, U, Acc>(rows, taps, src.data(), tap_k.data(), dst.data(), w, pb.in_ch, pb.out_ch,
+                             pb.packed_ld, zero);
+}
+
+// Input gradient: dx[j] = sum over every tap k that links input j to an output o of dy[o] . W[k]^T.
+// Item = (group, block of input pixels over the batch).
+template <typename T, typename U, typename Acc>
+void InputGradItem(const ConvProblem& pb, int64_t item) {
+  const auto& axes = pb.axes;
+  const int64_t d = static_cast<int64_t>(axes.size());
+  const int64_t total = pb.batch * pb.InSpatial();
+  const int64_t per_group = (total + kBlockRows - 1) / kBlockRows;
+  const int64_t g = item / per_group;
+  const int64_t m0 = (item % per_group) * kBlockRows;
+  const int64_t rows = std::min(kBlockRows, total - m0);
+  const int64_t taps = pb.KernelSpatial();
+
+  int64_t in_stride[kMaxSpatialDims], out_stride[kMaxSpatialDims], k_stride[kMaxSpatialDims];
+  PixelStrides(axes, true, in_stride);
+  PixelStrides(axes, false, out_stride);
+  {
+    int64_t s = 1;
+    for (int64_t a = d - 1; a >= 0; --a) {
+      k_stride[a] = s;
+      s *= axes[a].kernel_size;
+    }
+  }
+  const T* dy = static_cast<const T*>(pb.a);
+  U* dx = static_cast<U*>(pb.out);
+  const T* zero = static_cast<const T*>(pb.zeros.get());
+  thread_local std::vector<const T*> src;
+  thread_local std::vector<U*> dst;
+  thread_local std::vector<int64_t> tap_k;
+  src.resize(rows * taps);
+  dst.resize(rows);
+  tap_k.resize(taps);
+  for (int64_t t = 0; t < taps; ++t) tap_k[t] = t;
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t m = m0 + i;
+    const int64_t gn = g * pb.batch + m / pb.InSpatial();
+    const int64_t j_flat = m % pb.InSpatial();
+    dst[i] = dx + (gn * pb.InSpatial() + j_flat) * pb.in_ch;
+    int64_t j[kMaxSpatialDims];
+    for (int64_t a = 0; a < d; ++a) j[a] = (j_flat / in_stride[a]) % axes[a].in_size;
+    for (int64_t t = 0; t < taps; ++t) {
+      int64_t o_flat = 0;
+      bool inside = true;
+      for (int64_t a = 0; a < d && inside; ++a) {
+        const int64_t o = axes[a].OutputOf((t / k_stride[a]) % axes[a].kernel_size, j[a]);
+        inside = o >= 0;
+        o_flat += o * out_stride[a];
+      }
+      src[i * taps + t] = inside ? dy + (gn * pb.OutSpatial() + o_flat) * pb.out_ch : zero;
+    }
+  }
+  const Acc* wt = static_cast<const Acc*>(pb.packed.get()) + g * taps * pb.out_ch * pb.packed_ld;
+  GatherGemmBlock<T, U, Acc>(rows, taps, src.data(), tap_k.data(), dst.data(), wt, pb.out_ch, pb.in_ch,
+                             pb.packed_ld, zero);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -461,30 +473,23 @@ void WeightGradItem(const ConvProblem& pb, int64_t item) {
 template <typename T, typename U>
 bool PrepareTyped(ConvProblem& pb) {
   using Acc = AccFor<T>;
-  const auto& last = pb.axes.back();
-  pb.chunk = kRows * kChunkTiles;
-  int64_t lead_out = 1, lead_in = 1;
-  for (size_t a = 0; a + 1 < pb.axes.size(); ++a) {
-    lead_out *= pb.axes[a].out_size;
-    lead_in *= pb.axes[a].in_size;
-  }
   const int64_t zero_len = std::max<int64_t>(pb.in_ch, pb.out_ch) + 64;
   pb.zeros = AllocateAligned(zero_len * static_cast<int64_t>(sizeof(T)));
   if (!pb.zeros) return false;
   std::memset(pb.zeros.get(), 0, static_cast<size_t>(zero_len) * sizeof(T));
   switch (pb.pass) {
     case Pass::kForward: {
-      int64_t max_count = 0;
-      for (const Phase& p : last.phases) max_count = std::max(max_count, p.count);
-      const int64_t chunks = std::max<int64_t>(1, (max_count + pb.chunk - 1) / pb.chunk);
-      pb.num_items = pb.groups * pb.batch * lead_out * last.stride * chunks;
+      pb.phases = MakePhasesND(pb.axes);
+      pb.phase_first_block.assign(1, 0);
+      for (const PhaseND& p : pb.phases)
+        pb.phase_first_block.push_back(pb.phase_first_block.back() +
+                                       (pb.batch * p.pixels + kBlockRows - 1) / kBlockRows);
+      pb.num_items = pb.groups * pb.phase_first_block.back();
       return PackWeights<T, Acc>(pb, /*transpose=*/false);
     }
-    case Pass::kInputGrad: {
-      const int64_t chunks = std::max<int64_t>(1, (last.in_size + pb.chunk - 1) / pb.chunk);
-      pb.num_items = pb.groups * pb.batch * lead_in * chunks;
+    case Pass::kInputGrad:
+      pb.num_items = pb.groups * ((pb.batch * pb.InSpatial() + kBlockRows - 1) / kBlockRows);
       return PackWeights<T, Acc>(pb, /*transpose=*/true);
-    }
     case Pass::kWeightGrad: {
       const int64_t rows = WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch;
       const int64_t r = WeightGradFewRows(pb) ? kFewRows : kRows;

@@ -42,7 +42,8 @@ struct ConvProblem {
   AlignedBuffer zeros;
   int64_t packed_ld = 0;
   int64_t num_items = 0;
-  int64_t chunk = 0;
+  std::vector<PhaseND> phases;             // forward: the phases of all axes together
+  std::vector<int64_t> phase_first_block;  // forward: first block of each phase within a group (and the total)
 
   int64_t InSpatial() const;
   int64_t OutSpatial() const;

@@ -100,6 +100,8 @@ ffi::Error Build(Pass pass, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::An
   const size_t d = strides.size();
   if (d == 0 || dilation.size() != d || pad_lo.size() != d || pad_hi.size() != d)
     return ffi::Error::InvalidArgument("jaxseg: strides, dilation and paddings need one entry per spatial axis");
+  if (d > static_cast<size_t>(kMaxSpatialDims))
+    return ffi::Error::InvalidArgument("jaxseg: at most " + std::to_string(kMaxSpatialDims) + " spatial axes");
   // Shapes in canonical order. x: (G, N, H..., Ci); y/dy: (G, N, O..., Co); w/dw: (G, K..., Ci, Co).
   ffi::Span<const int64_t> x, y, w;
   switch (pass) {

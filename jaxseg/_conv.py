@@ -12,6 +12,8 @@ from jax import lax
 
 from jaxseg import _ext, _primitives
 
+_MAX_SPATIAL_DIMS = 8  # kMaxSpatialDims in common/phase_geometry.h
+
 _DEFAULT_DIMENSION_NUMBERS = {
     2: ("NC", "IO", "NC"),
     3: ("NHC", "HIO", "NHC"),
@@ -152,6 +154,8 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
   if lhs.ndim < 2:
     raise TypeError(f"lhs and rhs must have rank >= 2 (batch and feature axes), got {lhs.shape}")
   n = lhs.ndim - 2
+  if n > _MAX_SPATIAL_DIMS:
+    raise ValueError(f"lhs and rhs have {n} spatial dimensions; jaxseg supports at most {_MAX_SPATIAL_DIMS}")
   strides = _int_tuple(strides, n, "strides")
   if any(s < 1 for s in strides):
     raise ValueError(f"strides must be positive, got {strides}")
