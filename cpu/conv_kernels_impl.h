@@ -341,8 +341,9 @@ inline void LoadColumns(typename Vec<Acc>::type (&v)[CV], const T* b, int cols) 
 // acc[i][:] += a[lane i] * b[0:R*width] over every pixel of every run; a and b advance by a_step / b_step.
 // Rows past `nrows` repeat the last valid row (kFullRows false), so the loop has no branch.
 template <typename T, typename Acc, int R, int CV, bool kFullRows>
-inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const std::vector<Run>& runs, bool rows_from_x,
-                           const T* x, const T* dy, int64_t x_step, int64_t dy_step, int nrows, int ncols) {
+inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const Run* runs_begin, const Run* runs_end,
+                           bool rows_from_x, const T* x, const T* dy, int64_t x_step, int64_t dy_step, int nrows,
+                           int ncols) {
   using V = typename Vec<Acc>::type;
   V r[R][CV];
   for (int i = 0; i < R; ++i)
@@ -351,7 +352,8 @@ inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const std::vec
   for (int i = 0; i < R; ++i) lane[i] = kFullRows ? i : std::min(i, nrows - 1);
   const int64_t a_step = rows_from_x ? x_step : dy_step;
   const int64_t b_step = rows_from_x ? dy_step : x_step;
-  for (const Run& run : runs) {
+  for (const Run* run_it = runs_begin; run_it != runs_end; ++run_it) {
+    const Run& run = *run_it;
     const T* ap = rows_from_x ? x + run.x_off : dy + run.dy_off;
     const T* bp = rows_from_x ? dy + run.dy_off : x + run.x_off;
     for (int64_t p = 0; p < run.count; ++p, ap += a_step, bp += b_step) {
@@ -376,6 +378,10 @@ inline bool WeightGradRowsFromX(const ConvProblem& pb) { return !(pb.out_ch < pb
 // 1-3 output channels), kFewRows rows x kFewColVecs vectors so the FMAs are not spent on repeated rows.
 constexpr int kFewRows = 4;
 constexpr int kFewColVecs = 16 / kFewRows;
+// An item owns this many register tiles of row channels and walks the pixels in chunks of about kChunkPixels,
+// updating all of its tiles from each chunk while the chunk's activations are in cache.
+constexpr int64_t kWgradRowTiles = 8;
+constexpr int64_t kChunkPixels = 128;
 
 inline bool WeightGradFewRows(const ConvProblem& pb) {
   return (WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch) <= kFewRows;
@@ -385,23 +391,24 @@ template <typename T, typename U, typename Acc, int R, int CV>
 void WeightGradTile(const ConvProblem& pb, int64_t item) {
   using V = typename Vec<Acc>::type;
   constexpr int64_t kTileCols = CV * Vec<Acc>::kWidth;
+  constexpr int64_t kBlock = R * kWgradRowTiles;
   const auto& axes = pb.axes;
   const AxisGeometry& last = axes.back();
   const int64_t ksp = pb.KernelSpatial();
   const bool rows_from_x = WeightGradRowsFromX(pb);
   const int64_t row_ch = rows_from_x ? pb.in_ch : pb.out_ch;
   const int64_t col_ch = rows_from_x ? pb.out_ch : pb.in_ch;
-  const int64_t row_tiles = std::max<int64_t>(1, (row_ch + R - 1) / R);
+  const int64_t blocks = std::max<int64_t>(1, (row_ch + kBlock - 1) / kBlock);
 
-  const int64_t rt = item % row_tiles;
-  item /= row_tiles;
+  const int64_t rb = item % blocks;
+  item /= blocks;
   const int64_t k = item % ksp;
   const int64_t g = item / ksp;
-  const int64_t r0 = rt * R;
-  const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
-  if (nrows <= 0) return;
+  const int64_t b0 = rb * kBlock;
+  const int64_t block_rows = std::min<int64_t>(kBlock, row_ch - b0);
+  if (block_rows <= 0) return;
   const int64_t k_last = k % last.kernel_size;
-  int64_t k_idx[8];
+  int64_t k_idx[kMaxSpatialDims];
   {
     int64_t rest = k / last.kernel_size;
     for (int64_t a = static_cast<int64_t>(axes.size()) - 2; a >= 0; --a) {
@@ -433,29 +440,52 @@ void WeightGradTile(const ConvProblem& pb, int64_t item) {
     }
   }
 
-  const T* x = static_cast<const T*>(pb.a) + (rows_from_x ? r0 : 0);
-  const T* dy = static_cast<const T*>(pb.b) + (rows_from_x ? 0 : r0);
-  U* dw = static_cast<U*>(pb.out) + (g * ksp + k) * pb.in_ch * pb.out_ch;
-  for (int64_t c0 = 0; c0 < col_ch; c0 += kTileCols) {
-    const int ncols = static_cast<int>(std::min<int64_t>(kTileCols, col_ch - c0));
-    V acc[R][CV];
-    for (int i = 0; i < R; ++i)
-      for (int c = 0; c < CV; ++c) acc[i][c] = V{};
-    const T* xc = rows_from_x ? x : x + c0;
-    const T* dyc = rows_from_x ? dy + c0 : dy;
-    const int64_t x_step = pb.in_ch, dy_step = last.stride * pb.out_ch;
-    if (nrows == R)
-      AccumulateRuns<T, Acc, R, CV, true>(acc, runs, rows_from_x, xc, dyc, x_step, dy_step, nrows, ncols);
-    else
-      AccumulateRuns<T, Acc, R, CV, false>(acc, runs, rows_from_x, xc, dyc, x_step, dy_step, nrows, ncols);
-    Acc tile[R][kTileCols];
-    std::memcpy(tile, acc, sizeof(tile));
-    for (int i = 0; i < nrows; ++i)
-      for (int c = 0; c < ncols; ++c) {
-        const int64_t ci = rows_from_x ? r0 + i : c0 + c;
-        const int64_t co = rows_from_x ? c0 + c : r0 + i;
-        dw[ci * pb.out_ch + co] = FromAcc<U>(tile[i][c]);
+  // Accumulators of the whole block: (row, padded column) in the accumulation type.
+  const int64_t col_tiles = (col_ch + kTileCols - 1) / kTileCols;
+  thread_local std::vector<V> sums;
+  sums.assign(static_cast<size_t>(kWgradRowTiles * col_tiles * R * CV), V{});
+  const int64_t x_step = pb.in_ch, dy_step = last.stride * pb.out_ch;
+  for (size_t r_begin = 0; r_begin < runs.size();) {
+    size_t r_end = r_begin;
+    for (int64_t pixels = 0; r_end < runs.size() && pixels < kChunkPixels; ++r_end) pixels += runs[r_end].count;
+    for (int64_t rt = 0; rt * R < block_rows; ++rt) {
+      const int64_t r0 = b0 + rt * R;
+      const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
+      const T* x = static_cast<const T*>(pb.a) + (rows_from_x ? r0 : 0);
+      const T* dy = static_cast<const T*>(pb.b) + (rows_from_x ? 0 : r0);
+      for (int64_t ct = 0; ct < col_tiles; ++ct) {
+        const int64_t c0 = ct * kTileCols;
+        const int ncols = static_cast<int>(std::min<int64_t>(kTileCols, col_ch - c0));
+        V(&acc)[R][CV] = *reinterpret_cast<V(*)[R][CV]>(&sums[(rt * col_tiles + ct) * R * CV]);
+        const T* xc = rows_from_x ? x : x + c0;
+        const T* dyc = rows_from_x ? dy + c0 : dy;
+        if (nrows == R)
+          AccumulateRuns<T, Acc, R, CV, true>(acc, runs.data() + r_begin, runs.data() + r_end, rows_from_x, xc,
+                                              dyc, x_step, dy_step, nrows, ncols);
+        else
+          AccumulateRuns<T, Acc, R, CV, false>(acc, runs.data() + r_begin, runs.data() + r_end, rows_from_x, xc,
+                                               dyc, x_step, dy_step, nrows, ncols);
       }
+    }
+    r_begin = r_end;
+  }
+
+  U* dw = static_cast<U*>(pb.out) + (g * ksp + k) * pb.in_ch * pb.out_ch;
+  for (int64_t rt = 0; rt * R < block_rows; ++rt) {
+    const int64_t r0 = b0 + rt * R;
+    const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
+    for (int64_t ct = 0; ct < col_tiles; ++ct) {
+      const int64_t c0 = ct * kTileCols;
+      const int ncols = static_cast<int>(std::min<int64_t>(kTileCols, col_ch - c0));
+      Acc tile[R][kTileCols];
+      std::memcpy(tile, &sums[(rt * col_tiles + ct) * R * CV], sizeof(tile));
+      for (int i = 0; i < nrows; ++i)
+        for (int c = 0; c < ncols; ++c) {
+          const int64_t ci = rows_from_x ? r0 + i : c0 + c;
+          const int64_t co = rows_from_x ? c0 + c : r0 + i;
+          dw[ci * pb.out_ch + co] = FromAcc<U>(tile[i][c]);
+        }
+    }
   }
 }
 
@@ -492,8 +522,8 @@ bool PrepareTyped(ConvProblem& pb) {
       return PackWeights<T, Acc>(pb, /*transpose=*/true);
     case Pass::kWeightGrad: {
       const int64_t rows = WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch;
-      const int64_t r = WeightGradFewRows(pb) ? kFewRows : kRows;
-      pb.num_items = pb.groups * pb.KernelSpatial() * std::max<int64_t>(1, (rows + r - 1) / r);
+      const int64_t block = (WeightGradFewRows(pb) ? kFewRows : kRows) * kWgradRowTiles;
+      pb.num_items = pb.groups * pb.KernelSpatial() * std::max<int64_t>(1, (rows + block - 1) / block);
       return true;
     }
   }
