@@ -12,11 +12,12 @@
 #include <memory>
 #include <vector>
 
+#include "common/conv_shape.h"
 #include "common/phase_geometry.h"
 
 namespace jaxseg::cpu {
 
-enum class Pass { kForward, kInputGrad, kWeightGrad };
+using jaxseg::Pass;
 enum class DType { kF32, kF64, kBF16, kF16 };
 
 struct AlignedFree {
@@ -24,12 +25,9 @@ struct AlignedFree {
 };
 using AlignedBuffer = std::unique_ptr<void, AlignedFree>;
 
-struct ConvProblem {
-  Pass pass;
+struct ConvProblem : ConvShape {
   DType in_type;   // both operands
   DType out_type;  // the result: in_type, or F32 for 16-bit inputs
-  int64_t groups, batch, in_ch, out_ch;
-  std::vector<AxisGeometry> axes;  // at least one (the Python side adds a unit axis for 0-D)
 
   // forward: a = x, b = w, out = y;  input grad: a = dy, b = w, out = dx;  weight grad: a = x, b = dy, out = dw.
   const void* a = nullptr;
@@ -45,26 +43,7 @@ struct ConvProblem {
   std::vector<PhaseND> phases;             // forward: the phases of all axes together
   std::vector<int64_t> phase_first_block;  // forward: first block of each phase within a group (and the total)
 
-  int64_t InSpatial() const;
-  int64_t OutSpatial() const;
-  int64_t KernelSpatial() const;
 };
-
-inline int64_t ConvProblem::InSpatial() const {
-  int64_t n = 1;
-  for (const auto& a : axes) n *= a.in_size;
-  return n;
-}
-inline int64_t ConvProblem::OutSpatial() const {
-  int64_t n = 1;
-  for (const auto& a : axes) n *= a.out_size;
-  return n;
-}
-inline int64_t ConvProblem::KernelSpatial() const {
-  int64_t n = 1;
-  for (const auto& a : axes) n *= a.kernel_size;
-  return n;
-}
 
 // One build of the kernels for one instruction set. Prepare() packs weights and sizes the work; Run() computes
 // items [begin, end) and may be called from several threads at once on disjoint ranges.

@@ -86,56 +86,23 @@ ffi::Future ParallelRun(ffi::ThreadPool& pool, std::shared_ptr<const ConvProblem
   return future;
 }
 
-std::string Dims(ffi::Span<const int64_t> d) {
-  std::string s = "(";
-  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
-  return s + ")";
-}
+Dims ToDims(ffi::Span<const int64_t> s) { return Dims{s.begin(), s.size()}; }
 
-// Reads the attributes and the three buffers of one pass into a ConvProblem, checking every size against the
-// geometry. `act` is the activation-shaped operand (x or dy), `other` the second operand, `res` the result.
+// Reads the attributes and the three buffers of one pass into a ConvProblem (shapes checked by
+// common/conv_shape.h), with the dtypes the CPU kernels take.
 ffi::Error Build(Pass pass, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::AnyBuffer res,
                  ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                  ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, ConvProblem* pb) {
-  const size_t d = strides.size();
-  if (d == 0 || dilation.size() != d || pad_lo.size() != d || pad_hi.size() != d)
-    return ffi::Error::InvalidArgument("jaxseg: strides, dilation and paddings need one entry per spatial axis");
-  if (d > static_cast<size_t>(kMaxSpatialDims))
-    return ffi::Error::InvalidArgument("jaxseg: at most " + std::to_string(kMaxSpatialDims) + " spatial axes");
-  // Shapes in canonical order. x: (G, N, H..., Ci); y/dy: (G, N, O..., Co); w/dw: (G, K..., Ci, Co).
-  ffi::Span<const int64_t> x, y, w;
-  switch (pass) {
-    case Pass::kForward: x = first.dimensions(); w = second.dimensions(); y = res.dimensions(); break;
-    case Pass::kInputGrad: y = first.dimensions(); w = second.dimensions(); x = res.dimensions(); break;
-    case Pass::kWeightGrad: x = first.dimensions(); y = second.dimensions(); w = res.dimensions(); break;
-  }
-  if (x.size() != d + 3 || y.size() != d + 3 || w.size() != d + 3)
-    return ffi::Error::InvalidArgument("jaxseg: operands must have rank " + std::to_string(d + 3) +
-                                       ", got " + Dims(x) + ", " + Dims(w) + " -> " + Dims(y));
-  if (x[0] != y[0] || x[0] != w[0] || x[1] != y[1] || x[d + 2] != w[d + 1] || y[d + 2] != w[d + 2])
-    return ffi::Error::InvalidArgument("jaxseg: inconsistent shapes " + Dims(x) + ", " + Dims(w) + " -> " +
-                                       Dims(y));
+  const std::string err =
+      ReadConvShape(pass, ToDims(first.dimensions()), ToDims(second.dimensions()), ToDims(res.dimensions()),
+                    ToDims(strides), ToDims(dilation), ToDims(pad_lo), ToDims(pad_hi), pb);
+  if (!err.empty()) return ffi::Error::InvalidArgument("jaxseg: " + err);
   if (!ToDType(first.element_type(), &pb->in_type) || first.element_type() != second.element_type())
     return ffi::Error::InvalidArgument("jaxseg: operands must share one of float32, float64, bfloat16, float16");
   if (!ToDType(res.element_type(), &pb->out_type) ||
       !(pb->out_type == pb->in_type ||
         (pb->out_type == DType::kF32 && (pb->in_type == DType::kBF16 || pb->in_type == DType::kF16))))
     return ffi::Error::InvalidArgument("jaxseg: unsupported result type for these operands");
-  pb->pass = pass;
-  pb->groups = x[0];
-  pb->batch = x[1];
-  pb->in_ch = x[d + 2];
-  pb->out_ch = y[d + 2];
-  pb->axes.clear();
-  for (size_t a = 0; a < d; ++a) {
-    if (strides[a] < 1 || dilation[a] < 1)
-      return ffi::Error::InvalidArgument("jaxseg: strides and dilation must be positive");
-    AxisGeometry g = MakeAxisGeometry(x[a + 2], w[a + 1], strides[a], dilation[a], pad_lo[a], pad_hi[a]);
-    if (OutputSize(x[a + 2], w[a + 1], strides[a], dilation[a], pad_lo[a], pad_hi[a]) != y[a + 2])
-      return ffi::Error::InvalidArgument("jaxseg: spatial axis " + std::to_string(a) + " gives output size " +
-                                         std::to_string(g.out_size) + ", buffer has " + std::to_string(y[a + 2]));
-    pb->axes.push_back(std::move(g));
-  }
   pb->a = first.untyped_data();
   pb->b = second.untyped_data();
   pb->out = res.untyped_data();
