@@ -258,10 +258,22 @@ def _spans_devices(ctx) -> bool:
   return mesh is not None and mesh.size > 1
 
 
-def _kernel_lowering(target):
+def _within_cuda_limits(ctx, target, strides, extra):
+  """The CUDA kernels' tap tables hold at most 3 spatial axes, kernel size and stride 32 per axis."""
+  cuda = _ext.cuda
+  kernel = extra["kernel_spatial"] if target == _ext.WEIGHT_GRAD else ctx.avals_in[1].shape[1:-2]
+  return (len(strides) <= cuda.max_spatial_dims and max(strides) <= cuda.max_stride and
+          max(kernel) <= cuda.max_kernel_size)
+
+
+def _kernel_lowering(target, lax_impl, platform):
   direct = jax.ffi.ffi_lowering(target)
+  fallback = mlir.lower_fun(lax_impl, multiple_results=False)
 
   def rule(ctx, a, b, *, strides, dilation, padding, out_dtype, precision, **extra):
+    if platform == "cuda" and not _within_cuda_limits(ctx, target, strides, extra):
+      return fallback(ctx, a, b, strides=strides, dilation=dilation, padding=padding, out_dtype=out_dtype,
+                      precision=precision, **extra)
     if not _spans_devices(ctx):
       return direct(ctx, a, b, **_partitioning.ffi_attributes(strides, dilation, padding))
     call = partial(_partitioning.kernel_call, target, strides=strides, dilation=dilation, padding=padding,
@@ -313,7 +325,7 @@ def _setup(p, abstract_eval, target, lax_impl, transpose_a, transpose_b, batcher
   p.def_abstract_eval(abstract_eval)
   mlir.register_lowering(p, mlir.lower_fun(lax_impl, multiple_results=False))
   for platform in _ext.KERNEL_PLATFORMS:
-    mlir.register_lowering(p, _kernel_lowering(target), platform=platform)
+    mlir.register_lowering(p, _kernel_lowering(target, lax_impl, platform), platform=platform)
   ad.defbilinear(p, transpose_a, transpose_b)
   batching.primitive_batchers[p] = batcher
 

@@ -1,13 +1,27 @@
 import contextlib
 import zlib
-import os
 
 import jax
 import numpy as np
 import pytest
 
-# Tests that need several devices set this themselves in a subprocess; here, one CPU device.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "cpu_only: runs on the CPU only (its own subprocesses, CPU-specific builds)")
+
+
+@pytest.fixture(autouse=True, params=["cpu", "gpu"])
+def platform(request):
+  """Every test runs on each platform present; GPU variants are skipped without a GPU. On the GPU, XLA's own
+  convolutions (the references) run in full float32 rather than TF32."""
+  if request.param == "gpu" and request.node.get_closest_marker("cpu_only"):
+    pytest.skip("CPU-only test")
+  try:
+    device = jax.devices(request.param)[0]
+  except RuntimeError:
+    pytest.skip(f"no {request.param} device")
+  with jax.default_device(device), jax.default_matmul_precision("highest"):
+    yield request.param
 
 
 @contextlib.contextmanager

@@ -241,6 +241,7 @@ def test_randomized(data):
            transpose_kernel=data.draw(st.booleans()))
 
 
+@pytest.mark.cpu_only
 @pytest.mark.parametrize("isa", ["generic", "avx2"])
 def test_other_instruction_sets(isa):
   """The portable and AVX2 builds of the kernels (the widest the CPU runs is the default)."""

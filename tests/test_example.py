@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.cpu_only
+
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "ebgan", "train.py")
 
 

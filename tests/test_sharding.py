@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.cpu_only
+
 import multidevice_checks
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -17,7 +17,8 @@ JSON schema (`--json FILE`)::
              "gflops": float,                                 # jaxseg's useful GFLOP/s
              "fraction_of_matmul": float,
              "speedup_vs_xla", "speedup_vs_naive", "speedup_vs_torch", "speedup_vs_best_peer",
-             "temp_bytes": {"jaxseg", "xla"}}]}
+             "temp_bytes": {"jaxseg", "xla"},
+             "xla_ops": [str]}]}                               # XLA's compiled convolution (cuDNN call on GPU)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -193,7 +195,7 @@ def run(args):
     ct = jax.device_put(jnp.asarray(rng.standard_normal(y_shape), dtype), device)
     tfns = _torch_fns(layer, args.dtype, args.device, torch) if torch is not None and n <= 3 else None
     for which in passes:
-      ms, temp = {}, {}
+      ms, temp, xla_ops = {}, {}, None
       for impl in ("jaxseg", "xla", "naive"):
         if impl not in args.impls:
           ms[impl] = None
@@ -201,6 +203,9 @@ def run(args):
         compiled = jax.jit(_pass_fn(fns[impl], which)).lower(x, w, ct).compile()
         mem = compiled.memory_analysis()
         temp[impl] = None if mem is None else int(mem.temp_size_in_bytes)
+        if impl == "xla":  # what XLA made of it: its convolution, or on GPU which cuDNN call
+          xla_ops = sorted(set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())) or
+                           ({"convolution"} if re.search(r"\bconvolution\(", compiled.as_text()) else set()))
         ms[impl] = 1e3 * _time(lambda: jax.block_until_ready(compiled(x, w, ct)), args.repeats, args.budget)
       ms["torch"] = 1e3 * _time(tfns[which], args.repeats, args.budget) if tfns else None
       gflop = layer_gflop(layer)
@@ -211,7 +216,7 @@ def run(args):
       row = {"layer": layer["name"], "pass": which, "gflop": gflop, "ms": ms, "gflops": gflops,
              "fraction_of_matmul": gflops / gemm if gflops else None, **speed,
              "speedup_vs_best_peer": (min(best) / ms["jaxseg"]) if best and ms.get("jaxseg") else None,
-             "temp_bytes": {"jaxseg": temp.get("jaxseg"), "xla": temp.get("xla")}}
+             "temp_bytes": {"jaxseg": temp.get("jaxseg"), "xla": temp.get("xla")}, "xla_ops": xla_ops}
       rows.append(row)
       progress(f"{layer['name']} {which}")
   progress(None)
