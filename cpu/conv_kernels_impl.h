@@ -191,6 +191,22 @@ void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int6
   }
 }
 
+// The tables one block fills for GatherGemmBlock, kept per thread across items.
+template <typename T, typename U>
+struct BlockTables {
+  std::vector<const T*> src;  // (row, tap) -> source row
+  std::vector<U*> dst;        // row -> destination
+  std::vector<int64_t> tap_k; // tap -> flat kernel index
+
+  static BlockTables& ForThread(int64_t rows, int64_t taps) {
+    thread_local BlockTables t;
+    t.src.resize(rows * taps);
+    t.dst.resize(rows);
+    t.tap_k.resize(taps);
+    return t;
+  }
+};
+
 // Row-major strides of a spatial extent (elements per step of each axis, in pixels).
 inline void PixelStrides(const std::vector<AxisGeometry>& axes, bool in, int64_t* stride) {
   int64_t s = 1;
@@ -221,13 +237,10 @@ void ForwardItem(const ConvProblem& pb, int64_t item) {
   const T* x = static_cast<const T*>(pb.a);
   U* y = static_cast<U*>(pb.out);
   const T* zero = static_cast<const T*>(pb.zeros.get());
-  thread_local std::vector<const T*> src;
-  thread_local std::vector<U*> dst;
-  thread_local std::vector<int64_t> tap_k;
-  src.resize(rows * taps);
-  dst.resize(rows);
-  tap_k.resize(taps);
-  for (int64_t t = 0; t < taps; ++t) tap_k[t] = phase.taps[t].k;
+  auto& tables = BlockTables<T, U>::ForThread(rows, taps);
+  auto& src = tables.src;
+  auto& dst = tables.dst;
+  for (int64_t t = 0; t < taps; ++t) tables.tap_k[t] = phase.taps[t].k;
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t m = m0 + i;
     const int64_t gn = g * pb.batch + m / phase.pixels;
@@ -250,7 +263,7 @@ void ForwardItem(const ConvProblem& pb, int64_t item) {
     }
   }
   const Acc* w = static_cast<const Acc*>(pb.packed.get()) + g * pb.KernelSpatial() * pb.in_ch * pb.packed_ld;
-  GatherGemmBlock<T, U, Acc>(rows, taps, src.data(), tap_k.data(), dst.data(), w, pb.in_ch, pb.out_ch,
+  GatherGemmBlock<T, U, Acc>(rows, taps, src.data(), tables.tap_k.data(), dst.data(), w, pb.in_ch, pb.out_ch,
                              pb.packed_ld, zero);
 }
 
@@ -280,13 +293,10 @@ void InputGradItem(const ConvProblem& pb, int64_t item) {
   const T* dy = static_cast<const T*>(pb.a);
   U* dx = static_cast<U*>(pb.out);
   const T* zero = static_cast<const T*>(pb.zeros.get());
-  thread_local std::vector<const T*> src;
-  thread_local std::vector<U*> dst;
-  thread_local std::vector<int64_t> tap_k;
-  src.resize(rows * taps);
-  dst.resize(rows);
-  tap_k.resize(taps);
-  for (int64_t t = 0; t < taps; ++t) tap_k[t] = t;
+  auto& tables = BlockTables<T, U>::ForThread(rows, taps);
+  auto& src = tables.src;
+  auto& dst = tables.dst;
+  for (int64_t t = 0; t < taps; ++t) tables.tap_k[t] = t;
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t m = m0 + i;
     const int64_t gn = g * pb.batch + m / pb.InSpatial();
@@ -306,7 +316,7 @@ void InputGradItem(const ConvProblem& pb, int64_t item) {
     }
   }
   const Acc* wt = static_cast<const Acc*>(pb.packed.get()) + g * taps * pb.out_ch * pb.packed_ld;
-  GatherGemmBlock<T, U, Acc>(rows, taps, src.data(), tap_k.data(), dst.data(), wt, pb.out_ch, pb.in_ch,
+  GatherGemmBlock<T, U, Acc>(rows, taps, src.data(), tables.tap_k.data(), dst.data(), wt, pb.out_ch, pb.in_ch,
                              pb.packed_ld, zero);
 }
 

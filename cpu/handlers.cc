@@ -12,6 +12,7 @@
 #include <string>
 #include <utility>
 
+#include "common/ffi_binding.h"
 #include "common/phase_geometry.h"
 #include "cpu/conv_problem.h"
 #include "xla/ffi/api/ffi.h"
@@ -131,17 +132,7 @@ ffi::Future Handle(ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::AnyBuffer se
   return Execute(kPass, pool, first, second, res, strides, dilation, pad_lo, pad_hi);
 }
 
-auto Binding() {
-  return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Ret<ffi::AnyBuffer>()
-      .Attr<ffi::Span<const int64_t>>("strides")
-      .Attr<ffi::Span<const int64_t>>("dilation")
-      .Attr<ffi::Span<const int64_t>>("padding_lo")
-      .Attr<ffi::Span<const int64_t>>("padding_hi");
-}
+auto Binding() { return BindConvTranspose<ffi::ThreadPool>(); }
 
 }  // namespace
 

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "common/conv_shape.h"
+#include "common/ffi_binding.h"
 #include "common/phase_geometry.h"
 #include "cuda/handlers.h"
 #include "xla/ffi/api/ffi.h"
@@ -323,17 +324,7 @@ ffi::Error Handle(cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer seco
   return Execute(kPass, stream, first, second, res, strides, dilation, pad_lo, pad_hi);
 }
 
-auto Binding() {
-  return ffi::Ffi::Bind()
-      .Ctx<ffi::PlatformStream<cudaStream_t>>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Ret<ffi::AnyBuffer>()
-      .Attr<ffi::Span<const int64_t>>("strides")
-      .Attr<ffi::Span<const int64_t>>("dilation")
-      .Attr<ffi::Span<const int64_t>>("padding_lo")
-      .Attr<ffi::Span<const int64_t>>("padding_hi");
-}
+auto Binding() { return BindConvTranspose<ffi::PlatformStream<cudaStream_t>>(); }
 
 }  // namespace
 }  // namespace jaxseg::cuda

@@ -132,6 +132,16 @@ def train_step(graphdef, state, real, z, *, margin, pt_weight):
   return nnx.state((g, d, opt_g, opt_d)), metrics
 
 
+def timed_step(step_fn, state, data, rng, batch_size, placement):
+  """One train step on the next batch and a fresh latent: (state, metrics on the host, seconds)."""
+  real = placement.data(next(data))
+  z = placement.data(rng.standard_normal((batch_size, models.LATENT)).astype(np.float32))
+  t0 = time.perf_counter()
+  state, metrics = step_fn(state, real, z)
+  metrics = jax.device_get(metrics)
+  return state, metrics, time.perf_counter() - t0
+
+
 def sample(graphdef, state, z):
   g, *_ = nnx.merge(graphdef, state)
   g.eval()
@@ -254,12 +264,8 @@ def train(args):
   bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=f"ebgan[{args.impl}]",
              disable=args.quiet)
   for step in bar:
-    real = placement.data(next(data))
-    z = placement.data(rng.standard_normal((args.batch_size, models.LATENT)).astype(np.float32))
-    t0 = time.perf_counter()
-    state, metrics = step_fn(state, real, z)
-    metrics = jax.device_get(metrics)
-    times.append(time.perf_counter() - t0)
+    state, metrics, seconds = timed_step(step_fn, state, data, rng, args.batch_size, placement)
+    times.append(seconds)
     history["step"].append(step + 1)
     for k, v in metrics.items():
       history[k].append(float(v))
@@ -290,12 +296,8 @@ def compare(args):
     rng = np.random.default_rng(args.seed)
     times, losses = [], []
     for _ in range(args.compare_steps + 1):  # the first step warms up
-      real = placement.data(next(data))
-      z = placement.data(rng.standard_normal((args.batch_size, models.LATENT)).astype(np.float32))
-      t0 = time.perf_counter()
-      state, metrics = step_fn(state, real, z)
-      metrics = jax.device_get(metrics)
-      times.append(time.perf_counter() - t0)
+      state, metrics, seconds = timed_step(step_fn, state, data, rng, args.batch_size, placement)
+      times.append(seconds)
       losses.append((float(metrics["loss_d"]), float(metrics["loss_g"])))
     rows.append((impl, 1e3 * float(np.median(times[1:])), temp_bytes / 2**20, losses[-1]))
   print(f"EB-GAN train step, batch {args.batch_size}, {args.compare_steps} steps each, "
