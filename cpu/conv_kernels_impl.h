@@ -191,6 +191,69 @@ void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int6
   }
 }
 
+// The same block product for a layer with only a few output channels (C <= kNarrowMax): vectors run over the
+// depth (input channels) instead of the output channels, so no FMA is spent on padding columns; each
+// (pixel, output channel) sum is reduced across the vector at the end. `wt` holds the transposed panels
+// (tap, depth tile, C rows, kCols) that PackWeights(transpose) writes.
+constexpr int kNarrowMax = 4;
+constexpr int kNarrowRows = 4;
+
+template <typename T, typename U, typename Acc, int C>
+void NarrowBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t* tap_k, U* const* dst,
+                 const Acc* wt, int64_t depth, int64_t ld, const T* zero) {
+  using V = typename Vec<Acc>::type;
+  constexpr int W = Vec<Acc>::kWidth;
+  constexpr int64_t kcols = Vec<Acc>::kCols;
+  const int64_t tiles = ld / kcols;
+  const int64_t full = depth / kcols;  // depth tiles read as whole vectors; the rest element by element
+  for (int64_t r0 = 0; r0 < rows; r0 += kNarrowRows) {
+    const int nrows = static_cast<int>(std::min<int64_t>(kNarrowRows, rows - r0));
+    V acc[kNarrowRows][C] = {};
+    Acc rest[kNarrowRows][C] = {};
+    for (int64_t t = 0; t < taps; ++t) {
+      const T* rp[kNarrowRows];
+      bool any = false;
+      for (int i = 0; i < kNarrowRows; ++i) {
+        rp[i] = i < nrows ? src[(r0 + i) * taps + t] : zero;
+        any |= rp[i] != zero;
+      }
+      if (!any) continue;
+      const Acc* tap_panels = wt + tap_k[t] * tiles * C * kcols;
+      for (int64_t tile = 0; tile < full; ++tile) {
+        const Acc* panel = tap_panels + tile * C * kcols;
+        for (int v = 0; v < kColVecs; ++v) {
+          V xv[kNarrowRows];
+          for (int i = 0; i < kNarrowRows; ++i) {
+            Acc tmp[W];
+            for (int e = 0; e < W; ++e) tmp[e] = ToAcc<Acc>(rp[i][tile * kcols + v * W + e]);
+            std::memcpy(&xv[i], tmp, sizeof(V));
+          }
+#pragma GCC unroll 4
+          for (int c = 0; c < C; ++c) {
+            const V wv = *reinterpret_cast<const V*>(panel + c * kcols + v * W);
+#pragma GCC unroll 4
+            for (int i = 0; i < kNarrowRows; ++i) acc[i][c] += xv[i] * wv;
+          }
+        }
+      }
+      const Acc* panel = tap_panels + full * C * kcols;
+      for (int64_t p = full * kcols; p < depth; ++p)
+        for (int i = 0; i < kNarrowRows; ++i) {
+          const Acc xval = ToAcc<Acc>(rp[i][p]);
+          for (int c = 0; c < C; ++c) rest[i][c] += xval * panel[c * kcols + (p - full * kcols)];
+        }
+    }
+    for (int i = 0; i < nrows; ++i)
+      for (int c = 0; c < C; ++c) {
+        Acc lanes[W];
+        std::memcpy(lanes, &acc[i][c], sizeof(V));
+        Acc sum = rest[i][c];
+        for (int e = 0; e < W; ++e) sum += lanes[e];
+        dst[r0 + i][c] = FromAcc<U>(sum);
+      }
+  }
+}
+
 // The tables one block fills for GatherGemmBlock, kept per thread across items.
 template <typename T, typename U>
 struct BlockTables {
@@ -261,6 +324,17 @@ void ForwardItem(const ConvProblem& pb, int64_t item) {
       }
       src[i * taps + t] = inside ? x + (gn * pb.InSpatial() + j_flat) * pb.in_ch : zero;
     }
+  }
+  if (pb.narrow_out) {
+    const Acc* wt = static_cast<const Acc*>(pb.packed.get()) + g * pb.KernelSpatial() * pb.out_ch * pb.packed_ld;
+    const int64_t* tk = tables.tap_k.data();
+    switch (pb.out_ch) {
+      case 1: NarrowBlock<T, U, Acc, 1>(rows, taps, src.data(), tk, dst.data(), wt, pb.in_ch, pb.packed_ld, zero); break;
+      case 2: NarrowBlock<T, U, Acc, 2>(rows, taps, src.data(), tk, dst.data(), wt, pb.in_ch, pb.packed_ld, zero); break;
+      case 3: NarrowBlock<T, U, Acc, 3>(rows, taps, src.data(), tk, dst.data(), wt, pb.in_ch, pb.packed_ld, zero); break;
+      default: NarrowBlock<T, U, Acc, 4>(rows, taps, src.data(), tk, dst.data(), wt, pb.in_ch, pb.packed_ld, zero); break;
+    }
+    return;
   }
   const Acc* w = static_cast<const Acc*>(pb.packed.get()) + g * pb.KernelSpatial() * pb.in_ch * pb.packed_ld;
   GatherGemmBlock<T, U, Acc>(rows, taps, src.data(), tables.tap_k.data(), dst.data(), w, pb.in_ch, pb.out_ch,
@@ -525,7 +599,9 @@ bool PrepareTyped(ConvProblem& pb) {
         pb.phase_first_block.push_back(pb.phase_first_block.back() +
                                        (pb.batch * p.pixels + kBlockRows - 1) / kBlockRows);
       pb.num_items = pb.groups * pb.phase_first_block.back();
-      return PackWeights<T, Acc>(pb, /*transpose=*/false);
+      // Few output channels and enough input channels to fill the vectors: the dot-product form.
+      pb.narrow_out = pb.out_ch >= 1 && pb.out_ch <= kNarrowMax && pb.in_ch >= Vec<Acc>::kWidth;
+      return PackWeights<T, Acc>(pb, /*transpose=*/pb.narrow_out);
     }
     case Pass::kInputGrad:
       pb.num_items = pb.groups * ((pb.batch * pb.InSpatial() + kBlockRows - 1) / kBlockRows);

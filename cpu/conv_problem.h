@@ -40,6 +40,7 @@ struct ConvProblem : ConvShape {
   AlignedBuffer zeros;
   int64_t packed_ld = 0;
   int64_t num_items = 0;
+  bool narrow_out = false;                 // forward: few output channels, computed in dot-product form
   std::vector<PhaseND> phases;             // forward: the phases of all axes together
   std::vector<int64_t> phase_first_block;  // forward: first block of each phase within a group (and the total)
 

@@ -120,6 +120,9 @@ def test_wide_channels_and_tiles(rng):
   # Channel counts that are not multiples of any register tile, with many pixels per row.
   run_case(rng, (9, 37), (3, 4), (2, 2), "SAME", batch=3, cin=37, cout=70)
   run_case(rng, (41,), (16,), (8,), [(11, 11)], batch=2, cin=19, cout=33)
+  # Few output channels: the forward's dot-product form, with a depth that is not a whole number of vectors.
+  run_case(rng, (7, 6), (4, 3), (2, 3), [(2, 1), (-1, 2)], batch=3, cin=37, cout=1)
+  run_case(rng, (5, 5, 3), (2, 3, 2), (2, 2, 1), "SAME", batch=2, cin=64, cout=3)
 
 
 def test_no_spatial_dims(rng):
