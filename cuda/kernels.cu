@@ -118,6 +118,15 @@ __device__ __forceinline__ U Store(Acc v) {
   }
 }
 
+// Steps a counter c (one digit per spatial axis, the last fastest) through [begin, end) per axis; false once it
+// has passed its last value. Walks a phase's sub-kernel, all kernel taps, or a tap's input range.
+template <typename I>
+__device__ __forceinline__ bool Next(int dims, I* c, const I* begin, const I* end) {
+  int a = dims - 1;
+  while (a >= 0 && ++c[a] == end[a]) c[a] = begin[a], --a;
+  return a >= 0;
+}
+
 // y[g, n, o..., co] = sum over the taps of o's phase and ci of x[g, n, q + offset, ci] * w[g, k, ci, co].
 template <typename T, typename U, typename Acc>
 __global__ void ForwardKernel(Problem p, const T* __restrict__ x, const T* __restrict__ w, U* __restrict__ y,
@@ -158,9 +167,7 @@ __global__ void ForwardKernel(Problem p, const T* __restrict__ x, const T* __res
         const T* wp = w + (g * p.kernel_spatial + k_flat) * p.in_ch * p.out_ch + co;
         for (int64_t ci = 0; ci < p.in_ch; ++ci) acc += LoadAcc<T, Acc>(xp + ci) * LoadAcc<T, Acc>(wp + ci * p.out_ch);
       }
-      int a = p.dims - 1;
-      while (a >= 0 && ++tc[a] == te[a]) tc[a] = tb[a], --a;
-      if (a < 0) break;
+      if (!Next(p.dims, tc, tb, te)) break;
     }
     y[idx] = Store<U, Acc>(acc);
   }
@@ -176,11 +183,12 @@ __global__ void InputGradKernel(Problem p, const T* __restrict__ dy, const T* __
     const int64_t ci = rest % p.in_ch;
     rest /= p.in_ch;
     int64_t j[kDims];
-    int32_t kc[kDims];
+    int32_t kc[kDims], k0[kDims], kn[kDims];
     for (int a = p.dims - 1; a >= 0; --a) {
       j[a] = rest % p.axes[a].in;
       rest /= p.axes[a].in;
-      kc[a] = 0;
+      kc[a] = k0[a] = 0;
+      kn[a] = static_cast<int32_t>(p.axes[a].kernel);
     }
     const int64_t gn = rest, g = gn / p.batch;
     Acc acc = 0;
@@ -200,9 +208,7 @@ __global__ void InputGradKernel(Problem p, const T* __restrict__ dy, const T* __
         const T* wp = w + ((g * p.kernel_spatial + k_flat) * p.in_ch + ci) * p.out_ch;
         for (int64_t co = 0; co < p.out_ch; ++co) acc += LoadAcc<T, Acc>(dyp + co) * LoadAcc<T, Acc>(wp + co);
       }
-      int a = p.dims - 1;
-      while (a >= 0 && ++kc[a] == p.axes[a].kernel) kc[a] = 0, --a;
-      if (a < 0) break;
+      if (!Next(p.dims, kc, k0, kn)) break;
     }
     dx[idx] = Store<U, Acc>(acc);
   }
@@ -245,9 +251,7 @@ __global__ void WeightGradKernel(Problem p, const T* __restrict__ x, const T* __
         }
         acc += LoadAcc<T, Acc>(x + (gn * p.in_spatial + j_flat) * p.in_ch + ci) *
                LoadAcc<T, Acc>(dy + (gn * p.out_spatial + o_flat) * p.out_ch + co);
-        int a = p.dims - 1;
-        while (a >= 0 && ++jc[a] == je[a]) jc[a] = jb[a], --a;
-        if (a < 0) break;
+        if (!Next(p.dims, jc, jb, je)) break;
       }
     }
     dw[idx] = Store<U, Acc>(acc);
