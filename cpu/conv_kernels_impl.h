@@ -370,7 +370,14 @@ void InputGradItem(const ConvProblem& pb, int64_t item) {
   auto& tables = BlockTables<T, U>::ForThread(rows, taps);
   auto& src = tables.src;
   auto& dst = tables.dst;
-  for (int64_t t = 0; t < taps; ++t) tables.tap_k[t] = t;
+  // Per-axis kernel index of every tap, once per item rather than per pixel (the divisions add up when the
+  // depth, the output channels, is small).
+  thread_local std::vector<int64_t> tap_axis_k;
+  tap_axis_k.resize(taps * d);
+  for (int64_t t = 0; t < taps; ++t) {
+    tables.tap_k[t] = t;
+    for (int64_t a = 0; a < d; ++a) tap_axis_k[t * d + a] = (t / k_stride[a]) % axes[a].kernel_size;
+  }
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t m = m0 + i;
     const int64_t gn = g * pb.batch + m / pb.InSpatial();
@@ -382,7 +389,7 @@ void InputGradItem(const ConvProblem& pb, int64_t item) {
       int64_t o_flat = 0;
       bool inside = true;
       for (int64_t a = 0; a < d && inside; ++a) {
-        const int64_t o = axes[a].OutputOf((t / k_stride[a]) % axes[a].kernel_size, j[a]);
+        const int64_t o = axes[a].OutputOf(tap_axis_k[t * d + a], j[a]);
         inside = o >= 0;
         o_flat += o * out_stride[a];
       }
