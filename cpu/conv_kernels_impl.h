@@ -159,6 +159,19 @@ bool PackWeights(ConvProblem& pb, bool transpose) {
 // tap t reads for pixel m (the zero row where it meets padding). Column tiles are outermost, so a tap's weight
 // panel (depth x one tile of columns) stays in cache while every register tile of the block uses it.
 
+// Source rows of tap t for the R rows of a tile starting at r0 (the zero row past the block's end); false when
+// every one of them is the zero row, so the tap can be skipped.
+template <int R, typename T>
+inline bool TileRows(const T* const* src, int64_t taps, int64_t r0, int nrows, int64_t t, const T* zero,
+                     const T* (&rp)[R]) {
+  bool any = false;
+  for (int i = 0; i < R; ++i) {
+    rp[i] = i < nrows ? src[(r0 + i) * taps + t] : zero;
+    any |= rp[i] != zero;
+  }
+  return any;
+}
+
 constexpr int64_t kBlockTiles = 16;  // register tiles of rows per work item
 constexpr int64_t kBlockRows = kRows * kBlockTiles;
 
@@ -175,11 +188,7 @@ void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int6
       ZeroTile<Acc>(acc);
       for (int64_t t = 0; t < taps; ++t) {
         const T* rp[kRows];
-        bool any = false;
-        for (int i = 0; i < kRows; ++i) {
-          rp[i] = i < nrows ? src[(r0 + i) * taps + t] : zero;
-          any |= rp[i] != zero;
-        }
+        const bool any = TileRows<kRows>(src, taps, r0, nrows, t, zero, rp);
         // The panel of tap t and this column tile (see PackWeights); its rows are kcols apart.
         const Acc* panel = w + (tap_k[t] * (ld / kcols) + c0 / kcols) * depth * kcols;
         if (any) AccumulateRows<T, Acc>(acc, rp, panel, depth, kcols);
@@ -212,12 +221,7 @@ void NarrowBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t*
     Acc rest[kNarrowRows][C] = {};
     for (int64_t t = 0; t < taps; ++t) {
       const T* rp[kNarrowRows];
-      bool any = false;
-      for (int i = 0; i < kNarrowRows; ++i) {
-        rp[i] = i < nrows ? src[(r0 + i) * taps + t] : zero;
-        any |= rp[i] != zero;
-      }
-      if (!any) continue;
+      if (!TileRows<kNarrowRows>(src, taps, r0, nrows, t, zero, rp)) continue;
       const Acc* tap_panels = wt + tap_k[t] * tiles * C * kcols;
       for (int64_t tile = 0; tile < full; ++tile) {
         const Acc* panel = tap_panels + tile * C * kcols;

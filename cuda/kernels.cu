@@ -118,6 +118,12 @@ __device__ __forceinline__ U Store(Acc v) {
   }
 }
 
+// A grid-stride loop over result elements, in 64-bit indices.
+__device__ __forceinline__ int64_t FirstIndex() {
+  return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+}
+__device__ __forceinline__ int64_t IndexStep() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
 // Steps a counter c (one digit per spatial axis, the last fastest) through [begin, end) per axis; false once it
 // has passed its last value. Walks a phase's sub-kernel, all kernel taps, or a tap's input range.
 template <typename I>
@@ -131,8 +137,7 @@ __device__ __forceinline__ bool Next(int dims, I* c, const I* begin, const I* en
 template <typename T, typename U, typename Acc>
 __global__ void ForwardKernel(Problem p, const T* __restrict__ x, const T* __restrict__ w, U* __restrict__ y,
                               int64_t total) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t idx = FirstIndex(); idx < total; idx += IndexStep()) {
     int64_t rest = idx;
     const int64_t co = rest % p.out_ch;
     rest /= p.out_ch;
@@ -177,8 +182,7 @@ __global__ void ForwardKernel(Problem p, const T* __restrict__ x, const T* __res
 template <typename T, typename U, typename Acc>
 __global__ void InputGradKernel(Problem p, const T* __restrict__ dy, const T* __restrict__ w, U* __restrict__ dx,
                                 int64_t total) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t idx = FirstIndex(); idx < total; idx += IndexStep()) {
     int64_t rest = idx;
     const int64_t ci = rest % p.in_ch;
     rest /= p.in_ch;
@@ -218,8 +222,7 @@ __global__ void InputGradKernel(Problem p, const T* __restrict__ dy, const T* __
 template <typename T, typename U, typename Acc>
 __global__ void WeightGradKernel(Problem p, const T* __restrict__ x, const T* __restrict__ dy, U* __restrict__ dw,
                                  int64_t total) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t idx = FirstIndex(); idx < total; idx += IndexStep()) {
     int64_t rest = idx;
     const int64_t co = rest % p.out_ch;
     rest /= p.out_ch;

@@ -26,11 +26,12 @@ def upsample(conv_transpose_cls, c_in, c_out, rngs):
   return conv_transpose_cls(c_in, c_out, (4, 4), (2, 2), padding=jaxseg.torch_padding((4, 4), 1), rngs=rngs)
 
 
-class Generator(nnx.Module):
-  """latent -> dense -> 7x7x128 -> 14x14x64 -> 28x28x1, tanh."""
+class Upsampler(nnx.Module):
+  """features -> dense -> 7x7x128 -> 14x14x64 -> 28x28x1, tanh (batch norm and ReLU between): the generator,
+  and the decoder of the discriminator's auto-encoder."""
 
-  def __init__(self, conv_transpose_cls, *, rngs: nnx.Rngs):
-    self.fc = nnx.Linear(LATENT, 7 * 7 * 128, rngs=rngs)
+  def __init__(self, in_features, conv_transpose_cls, *, rngs: nnx.Rngs):
+    self.fc = nnx.Linear(in_features, 7 * 7 * 128, rngs=rngs)
     self.bn0 = nnx.BatchNorm(7 * 7 * 128, momentum=0.9, rngs=rngs)
     self.up1 = upsample(conv_transpose_cls, 128, 64, rngs)
     self.bn1 = nnx.BatchNorm(64, momentum=0.9, rngs=rngs)
@@ -42,28 +43,27 @@ class Generator(nnx.Module):
     return jnp.tanh(self.up2(h))
 
 
+def Generator(conv_transpose_cls, *, rngs: nnx.Rngs) -> Upsampler:
+  """latent -> 28x28x1 image."""
+  return Upsampler(LATENT, conv_transpose_cls, rngs=rngs)
+
+
 class Discriminator(nnx.Module):
-  """Auto-encoder: strided-conv encoder to a code, transposed-conv decoder back to the image."""
+  """Auto-encoder: strided-conv encoder to a code, the upsampling stack back to the image."""
 
   def __init__(self, conv_transpose_cls, *, rngs: nnx.Rngs):
     self.conv1 = nnx.Conv(1, 64, (4, 4), (2, 2), padding=1, rngs=rngs)
     self.conv2 = nnx.Conv(64, 128, (4, 4), (2, 2), padding=1, rngs=rngs)
     self.bn2 = nnx.BatchNorm(128, momentum=0.9, rngs=rngs)
     self.enc = nnx.Linear(7 * 7 * 128, CODE, rngs=rngs)
-    self.dec = nnx.Linear(CODE, 7 * 7 * 128, rngs=rngs)
-    self.bn3 = nnx.BatchNorm(7 * 7 * 128, momentum=0.9, rngs=rngs)
-    self.up1 = upsample(conv_transpose_cls, 128, 64, rngs)
-    self.bn4 = nnx.BatchNorm(64, momentum=0.9, rngs=rngs)
-    self.up2 = upsample(conv_transpose_cls, 64, 1, rngs)
+    self.dec = Upsampler(CODE, conv_transpose_cls, rngs=rngs)
 
   def __call__(self, x):
     """Returns (per-example energy, code)."""
     h = nnx.leaky_relu(self.conv1(x), 0.2)
     h = nnx.leaky_relu(self.bn2(self.conv2(h)), 0.2)
     code = self.enc(h.reshape(x.shape[0], -1))
-    h = nnx.relu(self.bn3(self.dec(code))).reshape(x.shape[0], 7, 7, 128)
-    h = nnx.relu(self.bn4(self.up1(h)))
-    recon = jnp.tanh(self.up2(h))
+    recon = self.dec(code)
     energy = jnp.mean((recon - x) ** 2, axis=(1, 2, 3))
     return energy, code
 
