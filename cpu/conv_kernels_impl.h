@@ -92,34 +92,6 @@ inline AlignedBuffer AllocateAligned(int64_t bytes) {
   return AlignedBuffer(std::aligned_alloc(64, static_cast<size_t>(bytes)));
 }
 
-// Index pairs over the leading axes as flat indices: the cartesian product of one list of pairs per axis.
-// `first` and `second` say which extent each member counts in (so flattening uses the right radix).
-enum class Extent { kKernel, kIn, kOut };
-
-inline int64_t ExtentOf(const AxisGeometry& ax, Extent e) {
-  return e == Extent::kKernel ? ax.kernel_size : e == Extent::kIn ? ax.in_size : ax.out_size;
-}
-
-struct FlatPair {
-  int64_t first;
-  int64_t second;
-};
-
-template <typename PerAxis>
-inline void Product(const std::vector<AxisGeometry>& axes, Extent first, Extent second, PerAxis per_axis,
-                    std::vector<FlatPair>* out) {
-  out->assign(1, FlatPair{0, 0});
-  thread_local std::vector<FlatPair> next;
-  const int64_t n = static_cast<int64_t>(axes.size()) - 1;
-  for (int64_t a = 0; a < n; ++a) {
-    next.clear();
-    const int64_t r1 = ExtentOf(axes[a], first), r2 = ExtentOf(axes[a], second);
-    for (const FlatPair& p : *out)
-      per_axis(a, [&](int64_t i1, int64_t i2) { next.push_back({p.first * r1 + i1, p.second * r2 + i2}); });
-    out->swap(next);
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Packing: weights to the accumulation type, once per call, as contiguous panels of one register tile of columns
 // (tap, column tile, depth, kCols): a panel is read row after row without the cache-set conflicts that a
@@ -407,10 +379,11 @@ void InputGradItem(const ConvProblem& pb, int64_t item) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Weight gradient: dW[k] = X_k^T . DY_k over the (input, output) pixel pairs that tap k links. The pairs form runs
-// along the last spatial axis (input step Ci, output step stride*Co), listed once per item. A register tile of
-// kRows "row" channels x kCols "column" channels is held over all runs; columns are the wider of Ci and Co, so a
-// layer with few output channels still fills the vectors. Item = (group, tap, tile of row channels): it owns
-// those rows of dW[tap], so threads never share an output.
+// along the last spatial axis (input step Ci, output step stride*Co). A register tile of kRows "row" channels x
+// kCols "column" channels is held over runs; columns are the wider of Ci and Co, so a layer with few output
+// channels still fills the vectors. Item = (group, phase, block of row channels): it owns those rows of dW for
+// every tap of the phase, so threads never share an output, and the phase's taps share each pass over the
+// activations (a tap-by-tap order reads them once per tap, which bounds large-batch layers by memory).
 
 struct Run {
   int64_t x_off;   // element offset of the run's first input pixel (channel 0)
@@ -488,98 +461,107 @@ void WeightGradTile(const ConvProblem& pb, int64_t item) {
   constexpr int64_t kTileCols = CV * Vec<Acc>::kWidth;
   constexpr int64_t kBlock = R * kWgradRowTiles;
   const auto& axes = pb.axes;
-  const AxisGeometry& last = axes.back();
-  const int64_t ksp = pb.KernelSpatial();
+  const int64_t d = static_cast<int64_t>(axes.size());
   const bool rows_from_x = WeightGradRowsFromX(pb);
   const int64_t row_ch = rows_from_x ? pb.in_ch : pb.out_ch;
   const int64_t col_ch = rows_from_x ? pb.out_ch : pb.in_ch;
   const int64_t blocks = std::max<int64_t>(1, (row_ch + kBlock - 1) / kBlock);
+  const int64_t num_phases = static_cast<int64_t>(pb.phases.size());
 
   const int64_t rb = item % blocks;
   item /= blocks;
-  const int64_t k = item % ksp;
-  const int64_t g = item / ksp;
+  const PhaseND& phase = pb.phases[item % num_phases];
+  const int64_t g = item / num_phases;
   const int64_t b0 = rb * kBlock;
   const int64_t block_rows = std::min<int64_t>(kBlock, row_ch - b0);
   if (block_rows <= 0) return;
-  const int64_t k_last = k % last.kernel_size;
-  int64_t k_idx[kMaxSpatialDims];
-  {
-    int64_t rest = k / last.kernel_size;
-    for (int64_t a = static_cast<int64_t>(axes.size()) - 2; a >= 0; --a) {
-      k_idx[a] = rest % axes[a].kernel_size;
-      rest /= axes[a].kernel_size;
-    }
-  }
-  // The runs of (input, output) pixel pairs this tap links, over the batch and the leading axes.
-  thread_local std::vector<FlatPair> lead;
-  Product(axes, Extent::kIn, Extent::kOut,
-          [&](int64_t a, auto emit) {
-            const AxisGeometry& ax = axes[a];
-            int64_t jb, je;
-            ax.InputRangeOf(k_idx[a], &jb, &je);
-            for (int64_t j = jb; j < je; ++j) emit(j, ax.OutputOf(k_idx[a], j));
-          },
-          &lead);
-  int64_t jb, je;
-  last.InputRangeOf(k_last, &jb, &je);
+  const int64_t taps = static_cast<int64_t>(phase.taps.size());
+  const int64_t row_tiles = (block_rows + R - 1) / R;
+  const int64_t col_tiles = (col_ch + kTileCols - 1) / kTileCols;
+  const int64_t tile_vecs = R * CV;
+
+  // The phase's outputs as lines along the last axis, one per (image, leading-axis q); a chunk is enough whole
+  // lines for about kChunkPixels outputs. Every tap of the phase reads the chunk's outputs (and nearly the same
+  // inputs), so its activations come from memory once for all the taps.
+  const int64_t last = d - 1;
+  const int64_t line = phase.count[last];
+  int64_t lines = pb.batch;
+  for (int64_t a = 0; a < last; ++a) lines *= phase.count[a];
+  const int64_t chunk_lines = std::max<int64_t>(1, kChunkPixels / std::max<int64_t>(1, line));
+  int64_t in_stride[kMaxSpatialDims], out_stride[kMaxSpatialDims];
+  PixelStrides(axes, true, in_stride);
+  PixelStrides(axes, false, out_stride);
+  const int64_t x_step = pb.in_ch, dy_step = axes[last].stride * pb.out_ch;
+
+  thread_local std::vector<V> sums;  // (tap, row tile, column tile) register tiles
+  sums.assign(static_cast<size_t>(taps * row_tiles * col_tiles * tile_vecs), V{});
   thread_local std::vector<Run> runs;
-  runs.clear();
-  if (je > jb) {
-    const int64_t o_first = last.OutputOf(k_last, jb);
-    for (int64_t n = 0; n < pb.batch; ++n) {
-      const int64_t gn = g * pb.batch + n;
-      for (const FlatPair& lp : lead)
-        runs.push_back(Run{((gn * pb.InSpatial()) + lp.first * last.in_size + jb) * pb.in_ch,
-                           ((gn * pb.OutSpatial()) + lp.second * last.out_size + o_first) * pb.out_ch, je - jb});
+  for (int64_t l0 = 0; l0 < lines; l0 += chunk_lines) {
+    const int64_t l1 = std::min(lines, l0 + chunk_lines);
+    for (int64_t t = 0; t < taps; ++t) {
+      const TapND& tap = phase.taps[t];
+      const int64_t qb = tap.q_begin[last], qe = tap.q_end[last];
+      if (qe <= qb) continue;
+      runs.clear();
+      for (int64_t l = l0; l < l1; ++l) {
+        int64_t rest = l, j_flat = 0, o_flat = 0;
+        bool inside = true;
+        for (int64_t a = last - 1; a >= 0; --a) {
+          const int64_t q = rest % phase.count[a];
+          rest /= phase.count[a];
+          inside &= q >= tap.q_begin[a] && q < tap.q_end[a];
+          j_flat += (q + tap.offset[a]) * in_stride[a];
+          o_flat += (q * axes[a].stride + phase.residue[a]) * out_stride[a];
+        }
+        if (!inside) continue;
+        const int64_t gn = g * pb.batch + rest;
+        j_flat += qb + tap.offset[last];
+        o_flat += qb * axes[last].stride + phase.residue[last];
+        runs.push_back(Run{(gn * pb.InSpatial() + j_flat) * pb.in_ch, (gn * pb.OutSpatial() + o_flat) * pb.out_ch,
+                           qe - qb});
+      }
+      if (runs.empty()) continue;
+      for (int64_t rt = 0; rt < row_tiles; ++rt) {
+        const int64_t r0 = b0 + rt * R;
+        const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
+        const T* x = static_cast<const T*>(pb.a) + (rows_from_x ? r0 : 0);
+        const T* dy = static_cast<const T*>(pb.b) + (rows_from_x ? 0 : r0);
+        for (int64_t ct = 0; ct < col_tiles; ++ct) {
+          const int64_t c0 = ct * kTileCols;
+          const int ncols = static_cast<int>(std::min<int64_t>(kTileCols, col_ch - c0));
+          V(&acc)[R][CV] =
+              *reinterpret_cast<V(*)[R][CV]>(&sums[((t * row_tiles + rt) * col_tiles + ct) * tile_vecs]);
+          const T* xc = rows_from_x ? x : x + c0;
+          const T* dyc = rows_from_x ? dy + c0 : dy;
+          if (nrows == R)
+            AccumulateRuns<T, Acc, R, CV, true>(acc, runs.data(), runs.data() + runs.size(), rows_from_x, xc, dyc,
+                                                x_step, dy_step, nrows, ncols);
+          else
+            AccumulateRuns<T, Acc, R, CV, false>(acc, runs.data(), runs.data() + runs.size(), rows_from_x, xc,
+                                                 dyc, x_step, dy_step, nrows, ncols);
+        }
+      }
     }
   }
 
-  // Accumulators of the whole block: (row, padded column) in the accumulation type.
-  const int64_t col_tiles = (col_ch + kTileCols - 1) / kTileCols;
-  thread_local std::vector<V> sums;
-  sums.assign(static_cast<size_t>(kWgradRowTiles * col_tiles * R * CV), V{});
-  const int64_t x_step = pb.in_ch, dy_step = last.stride * pb.out_ch;
-  for (size_t r_begin = 0; r_begin < runs.size();) {
-    size_t r_end = r_begin;
-    for (int64_t pixels = 0; r_end < runs.size() && pixels < kChunkPixels; ++r_end) pixels += runs[r_end].count;
-    for (int64_t rt = 0; rt * R < block_rows; ++rt) {
+  // Every tap is stored, also one that never meets the input (its gradient is zero).
+  for (int64_t t = 0; t < taps; ++t) {
+    U* dw = static_cast<U*>(pb.out) + (g * pb.KernelSpatial() + phase.taps[t].k) * pb.in_ch * pb.out_ch;
+    for (int64_t rt = 0; rt < row_tiles; ++rt) {
       const int64_t r0 = b0 + rt * R;
       const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
-      const T* x = static_cast<const T*>(pb.a) + (rows_from_x ? r0 : 0);
-      const T* dy = static_cast<const T*>(pb.b) + (rows_from_x ? 0 : r0);
       for (int64_t ct = 0; ct < col_tiles; ++ct) {
         const int64_t c0 = ct * kTileCols;
         const int ncols = static_cast<int>(std::min<int64_t>(kTileCols, col_ch - c0));
-        V(&acc)[R][CV] = *reinterpret_cast<V(*)[R][CV]>(&sums[(rt * col_tiles + ct) * R * CV]);
-        const T* xc = rows_from_x ? x : x + c0;
-        const T* dyc = rows_from_x ? dy + c0 : dy;
-        if (nrows == R)
-          AccumulateRuns<T, Acc, R, CV, true>(acc, runs.data() + r_begin, runs.data() + r_end, rows_from_x, xc,
-                                              dyc, x_step, dy_step, nrows, ncols);
-        else
-          AccumulateRuns<T, Acc, R, CV, false>(acc, runs.data() + r_begin, runs.data() + r_end, rows_from_x, xc,
-                                               dyc, x_step, dy_step, nrows, ncols);
+        Acc tile[R][kTileCols];
+        std::memcpy(tile, &sums[((t * row_tiles + rt) * col_tiles + ct) * tile_vecs], sizeof(tile));
+        for (int i = 0; i < nrows; ++i)
+          for (int c = 0; c < ncols; ++c) {
+            const int64_t ci = rows_from_x ? r0 + i : c0 + c;
+            const int64_t co = rows_from_x ? c0 + c : r0 + i;
+            dw[ci * pb.out_ch + co] = FromAcc<U>(tile[i][c]);
+          }
       }
-    }
-    r_begin = r_end;
-  }
-
-  U* dw = static_cast<U*>(pb.out) + (g * ksp + k) * pb.in_ch * pb.out_ch;
-  for (int64_t rt = 0; rt * R < block_rows; ++rt) {
-    const int64_t r0 = b0 + rt * R;
-    const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
-    for (int64_t ct = 0; ct < col_tiles; ++ct) {
-      const int64_t c0 = ct * kTileCols;
-      const int ncols = static_cast<int>(std::min<int64_t>(kTileCols, col_ch - c0));
-      Acc tile[R][kTileCols];
-      std::memcpy(tile, &sums[(rt * col_tiles + ct) * R * CV], sizeof(tile));
-      for (int i = 0; i < nrows; ++i)
-        for (int c = 0; c < ncols; ++c) {
-          const int64_t ci = rows_from_x ? r0 + i : c0 + c;
-          const int64_t co = rows_from_x ? c0 + c : r0 + i;
-          dw[ci * pb.out_ch + co] = FromAcc<U>(tile[i][c]);
-        }
     }
   }
 }
@@ -618,9 +600,15 @@ bool PrepareTyped(ConvProblem& pb) {
       pb.num_items = pb.groups * ((pb.batch * pb.InSpatial() + kBlockRows - 1) / kBlockRows);
       return PackWeights<T, Acc>(pb, /*transpose=*/true);
     case Pass::kWeightGrad: {
+      // Items are (group, phase, block of row channels); phases with more taps first, so the threads that take
+      // the last items finish together.
+      pb.phases = MakePhasesND(pb.axes);
+      std::stable_sort(pb.phases.begin(), pb.phases.end(),
+                       [](const PhaseND& a, const PhaseND& b) { return a.taps.size() > b.taps.size(); });
       const int64_t rows = WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch;
       const int64_t block = (WeightGradFewRows(pb) ? kFewRows : kRows) * kWgradRowTiles;
-      pb.num_items = pb.groups * pb.KernelSpatial() * std::max<int64_t>(1, (rows + block - 1) / block);
+      const int64_t blocks = std::max<int64_t>(1, (rows + block - 1) / block);
+      pb.num_items = pb.groups * static_cast<int64_t>(pb.phases.size()) * blocks;
       return true;
     }
   }
