@@ -40,49 +40,24 @@ struct Vec {
   static constexpr int kCols = kColVecs * kWidth;
 };
 
-// acc[i][c] += sum_p rows[i][p] * b[p*ldb + c*width ...]; b is packed, 64-byte aligned, ldb a multiple of kCols.
-template <typename T, typename Acc>
-inline void AccumulateRows(typename Vec<Acc>::type (&acc)[kRows][kColVecs], const T* const (&rows)[kRows],
-                           const Acc* __restrict b, int64_t depth, int64_t ldb) {
-  using V = typename Vec<Acc>::type;
-  constexpr int W = Vec<Acc>::kWidth;
-  V r[kRows][kColVecs];
-#pragma GCC unroll 16
-  for (int i = 0; i < kRows; ++i)
-#pragma GCC unroll 4
-    for (int c = 0; c < kColVecs; ++c) r[i][c] = acc[i][c];
-  for (int64_t p = 0; p < depth; ++p) {
-    V bv[kColVecs];
-    const Acc* bp = b + p * ldb;
-#pragma GCC unroll 4
-    for (int c = 0; c < kColVecs; ++c) bv[c] = *reinterpret_cast<const V*>(bp + c * W);
-#pragma GCC unroll 16
-    for (int i = 0; i < kRows; ++i) {
-      const Acc a = ToAcc<Acc>(rows[i][p]);
-#pragma GCC unroll 4
-      for (int c = 0; c < kColVecs; ++c) r[i][c] += bv[c] * a;
-    }
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < kRows; ++i)
-#pragma GCC unroll 4
-    for (int c = 0; c < kColVecs; ++c) acc[i][c] = r[i][c];
-}
-
 template <typename U, typename Acc>
 inline void StoreTile(const typename Vec<Acc>::type (&acc)[kRows][kColVecs], U* const (&dst)[kRows], int rows,
                       int cols) {
+  using V = typename Vec<Acc>::type;
+  if constexpr (std::is_same_v<U, Acc>) {
+    // Whole vectors where the tile is full: a variable-length copy compiles to `rep movs`, whose start-up cost
+    // rivals the tile's FMAs when the depth is small.
+    if (cols == Vec<Acc>::kCols) {
+      for (int i = 0; i < rows; ++i)
+        for (int c = 0; c < kColVecs; ++c) std::memcpy(dst[i] + c * Vec<Acc>::kWidth, &acc[i][c], sizeof(V));
+      return;
+    }
+  }
   for (int i = 0; i < rows; ++i) {
     Acc tmp[Vec<Acc>::kCols];
     std::memcpy(tmp, acc[i], sizeof(tmp));
     for (int c = 0; c < cols; ++c) dst[i][c] = FromAcc<U>(tmp[c]);
   }
-}
-
-template <typename Acc>
-inline void ZeroTile(typename Vec<Acc>::type (&acc)[kRows][kColVecs]) {
-  for (int i = 0; i < kRows; ++i)
-    for (int c = 0; c < kColVecs; ++c) acc[i][c] = typename Vec<Acc>::type{};
 }
 
 inline int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
@@ -147,24 +122,54 @@ inline bool TileRows(const T* const* src, int64_t taps, int64_t r0, int nrows, i
 constexpr int64_t kBlockTiles = 16;  // register tiles of rows per work item
 constexpr int64_t kBlockRows = kRows * kBlockTiles;
 
+// One register tile: acc = sum over taps t of (its rows' sources for t) . (t's panel), depth rows each. The
+// tile stays in registers across all taps (when the depth is small, a load and store of the tile per tap would
+// cost more than the tap's FMAs).
+template <typename T, typename Acc>
+inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][kColVecs], const T* const* src, int64_t taps,
+                       int64_t r0, int nrows, const int64_t* tap_k, const Acc* __restrict w, int64_t tap_stride,
+                       int64_t depth, const T* zero) {
+  using V = typename Vec<Acc>::type;
+  constexpr int W = Vec<Acc>::kWidth;
+  constexpr int64_t kcols = Vec<Acc>::kCols;
+  V r[kRows][kColVecs] = {};
+  for (int64_t t = 0; t < taps; ++t) {
+    const T* rows[kRows];
+    if (!TileRows<kRows>(src, taps, r0, nrows, t, zero, rows)) continue;
+    const Acc* b = w + tap_k[t] * tap_stride;  // the panel: depth rows of kcols, 64-byte aligned
+    for (int64_t p = 0; p < depth; ++p) {
+      V bv[kColVecs];
+      const Acc* bp = b + p * kcols;
+#pragma GCC unroll 4
+      for (int c = 0; c < kColVecs; ++c) bv[c] = *reinterpret_cast<const V*>(bp + c * W);
+#pragma GCC unroll 16
+      for (int i = 0; i < kRows; ++i) {
+        const Acc a = ToAcc<Acc>(rows[i][p]);
+#pragma GCC unroll 4
+        for (int c = 0; c < kColVecs; ++c) r[i][c] += bv[c] * a;
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 4
+    for (int c = 0; c < kColVecs; ++c) acc[i][c] = r[i][c];
+}
+
 template <typename T, typename U, typename Acc>
 void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t* tap_k, U* const* dst,
                      const Acc* w, int64_t depth, int64_t ncols, int64_t ld, const T* zero) {
   using V = typename Vec<Acc>::type;
   const int64_t kcols = Vec<Acc>::kCols;
+  // Tap t's panel for column tile c0 starts at w + (t * tiles + c0 / kcols) * depth * kcols (see PackWeights).
+  const int64_t tap_stride = ld * depth;
   for (int64_t c0 = 0; c0 < ncols; c0 += kcols) {
     const int cols = static_cast<int>(std::min<int64_t>(kcols, ncols - c0));
+    const Acc* wc = w + c0 * depth;
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int nrows = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
       V acc[kRows][kColVecs];
-      ZeroTile<Acc>(acc);
-      for (int64_t t = 0; t < taps; ++t) {
-        const T* rp[kRows];
-        const bool any = TileRows<kRows>(src, taps, r0, nrows, t, zero, rp);
-        // The panel of tap t and this column tile (see PackWeights); its rows are kcols apart.
-        const Acc* panel = w + (tap_k[t] * (ld / kcols) + c0 / kcols) * depth * kcols;
-        if (any) AccumulateRows<T, Acc>(acc, rp, panel, depth, kcols);
-      }
+      GatherTile<T, Acc>(acc, src, taps, r0, nrows, tap_k, wc, tap_stride, depth, zero);
       U* out[kRows];
       for (int i = 0; i < kRows; ++i) out[i] = dst[r0 + std::min(i, nrows - 1)] + c0;
       StoreTile<U, Acc>(acc, out, nrows, cols);
@@ -330,46 +335,57 @@ void InputGradItem(const ConvProblem& pb, int64_t item) {
   const int64_t rows = std::min(kBlockRows, total - m0);
   const int64_t taps = pb.KernelSpatial();
 
-  int64_t in_stride[kMaxSpatialDims], out_stride[kMaxSpatialDims], k_stride[kMaxSpatialDims];
+  int64_t in_stride[kMaxSpatialDims];
   PixelStrides(axes, true, in_stride);
-  PixelStrides(axes, false, out_stride);
-  {
-    int64_t s = 1;
-    for (int64_t a = d - 1; a >= 0; --a) {
-      k_stride[a] = s;
-      s *= axes[a].kernel_size;
-    }
-  }
   const T* dy = static_cast<const T*>(pb.a);
   U* dx = static_cast<U*>(pb.out);
   const T* zero = static_cast<const T*>(pb.zeros.get());
   auto& tables = BlockTables<T, U>::ForThread(rows, taps);
   auto& src = tables.src;
   auto& dst = tables.dst;
-  // Per-axis kernel index of every tap, once per item rather than per pixel (the divisions add up when the
-  // depth, the output channels, is small).
-  thread_local std::vector<int64_t> tap_axis_k;
-  tap_axis_k.resize(taps * d);
-  for (int64_t t = 0; t < taps; ++t) {
-    tables.tap_k[t] = t;
-    for (int64_t a = 0; a < d; ++a) tap_axis_k[t * d + a] = (t / k_stride[a]) % axes[a].kernel_size;
-  }
+  // The output a tap reaches is a sum of per-axis table entries (pb.links), negative where the tap meets
+  // padding. The pixel's coordinates advance like an odometer: no division per pixel and none per (pixel, tap),
+  // which matters when the depth (the output channels) is small.
+  const int64_t k_last = axes[d - 1].kernel_size;
+  for (int64_t t = 0; t < taps; ++t) tables.tap_k[t] = t;
+  int64_t j[kMaxSpatialDims];
+  int64_t n = m0 / pb.InSpatial();
+  for (int64_t a = 0; a < d; ++a) j[a] = (m0 % pb.InSpatial() / in_stride[a]) % axes[a].in_size;
   for (int64_t i = 0; i < rows; ++i) {
-    const int64_t m = m0 + i;
-    const int64_t gn = g * pb.batch + m / pb.InSpatial();
-    const int64_t j_flat = m % pb.InSpatial();
-    dst[i] = dx + (gn * pb.InSpatial() + j_flat) * pb.in_ch;
-    int64_t j[kMaxSpatialDims];
-    for (int64_t a = 0; a < d; ++a) j[a] = (j_flat / in_stride[a]) % axes[a].in_size;
-    for (int64_t t = 0; t < taps; ++t) {
-      int64_t o_flat = 0;
-      bool inside = true;
-      for (int64_t a = 0; a < d && inside; ++a) {
-        const int64_t o = axes[a].OutputOf(tap_axis_k[t * d + a], j[a]);
-        inside = o >= 0;
-        o_flat += o * out_stride[a];
+    const int64_t gn = g * pb.batch + n;
+    dst[i] = dx + (gn * pb.InSpatial()) * pb.in_ch;
+    const T* image = dy + gn * pb.OutSpatial() * pb.out_ch;
+    const T** row_src = src.data() + i * taps;
+    const int64_t* link[kMaxSpatialDims];  // this pixel's row of each axis's table
+    int64_t base = 0;
+    bool interior = true;
+    for (int64_t a = 0; a < d; ++a) {
+      link[a] = pb.links.data() + pb.links_begin[a] + j[a] * axes[a].kernel_size;
+      interior &= j[a] >= pb.interior_begin[a] && j[a] < pb.interior_end[a];
+      base += link[a][0];
+      dst[i] += j[a] * in_stride[a] * pb.in_ch;
+    }
+    if (interior) {
+      // Every tap reaches an output: tap t's is the pixel's first plus a fixed shift.
+      const T* first = image + base * pb.out_ch;
+      for (int64_t t = 0; t < taps; ++t) row_src[t] = first + pb.tap_shift[t];
+    } else {
+      // Taps in row-major kernel order: the leading axes' part changes once per kernel row.
+      int64_t k[kMaxSpatialDims] = {};
+      for (int64_t t = 0; t < taps; t += k_last) {
+        int64_t lead = 0;
+        for (int64_t a = 0; a + 1 < d; ++a) lead += link[a][k[a]];
+        for (int64_t kl = 0; kl < k_last; ++kl) {
+          const int64_t o = lead + link[d - 1][kl];
+          row_src[t + kl] = o >= 0 ? image + o * pb.out_ch : zero;
+        }
+        for (int64_t a = d - 2; a >= 0 && ++k[a] == axes[a].kernel_size; --a) k[a] = 0;
       }
-      src[i * taps + t] = inside ? dy + (gn * pb.OutSpatial() + o_flat) * pb.out_ch : zero;
+    }
+    for (int64_t a = d - 1; a >= 0; --a) {  // next pixel
+      if (++j[a] < axes[a].in_size) break;
+      j[a] = 0;
+      if (a == 0) ++n;
     }
   }
   const Acc* wt = static_cast<const Acc*>(pb.packed.get()) + g * taps * pb.out_ch * pb.packed_ld;
@@ -596,9 +612,49 @@ bool PrepareTyped(ConvProblem& pb) {
       pb.narrow_out = pb.out_ch >= 1 && pb.out_ch <= kNarrowMax && pb.in_ch >= Vec<Acc>::kWidth;
       return PackWeights<T, Acc>(pb, /*transpose=*/pb.narrow_out);
     }
-    case Pass::kInputGrad:
+    case Pass::kInputGrad: {
+      // links[begin[a] + j*K + k]: output pixel offset (in the flat output) that tap k links with input j on
+      // axis a, or kOutside; the sentinel keeps any sum over the axes negative.
+      constexpr int64_t kOutside = -(int64_t{1} << 58);
+      int64_t out_stride[kMaxSpatialDims];
+      PixelStrides(pb.axes, false, out_stride);
+      // Tap k links input j with output j*s + lo - d*k, so where every tap of an axis reaches the output (the
+      // interior inputs), tap t's output is the pixel's tap-0 output plus tap_shift[t] (in elements).
+      const int64_t d = static_cast<int64_t>(pb.axes.size());
+      pb.links.clear();
+      pb.links_begin.assign(d, 0);
+      pb.interior_begin.assign(d, 0);
+      pb.interior_end.assign(d, 0);
+      pb.tap_shift.assign(pb.KernelSpatial(), 0);
+      for (int64_t a = 0; a < d; ++a) {
+        const AxisGeometry& ax = pb.axes[a];
+        pb.links_begin[a] = static_cast<int64_t>(pb.links.size());
+        pb.interior_begin[a] = ax.in_size;
+        for (int64_t j = 0; j < ax.in_size; ++j) {
+          bool all = true;
+          for (int64_t k = 0; k < ax.kernel_size; ++k) {
+            const int64_t o = ax.OutputOf(k, j);
+            all &= o >= 0;
+            pb.links.push_back(o >= 0 ? o * out_stride[a] : kOutside);
+          }
+          if (all) {
+            pb.interior_begin[a] = std::min(pb.interior_begin[a], j);
+            pb.interior_end[a] = j + 1;
+          }
+        }
+      }
+      for (int64_t t = 0; t < pb.KernelSpatial(); ++t) {
+        int64_t rest = t, shift = 0;
+        for (int64_t a = d - 1; a >= 0; --a) {
+          const int64_t k = rest % pb.axes[a].kernel_size;
+          rest /= pb.axes[a].kernel_size;
+          shift -= pb.axes[a].dilation * k * out_stride[a];
+        }
+        pb.tap_shift[t] = shift * pb.out_ch;
+      }
       pb.num_items = pb.groups * ((pb.batch * pb.InSpatial() + kBlockRows - 1) / kBlockRows);
       return PackWeights<T, Acc>(pb, /*transpose=*/true);
+    }
     case Pass::kWeightGrad: {
       // Items are (group, phase, block of row channels); phases with more taps first, so the threads that take
       // the last items finish together.
