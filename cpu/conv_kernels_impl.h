@@ -184,6 +184,24 @@ void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int6
 constexpr int kNarrowMax = 4;
 constexpr int kNarrowRows = 4;
 
+// The sum of a vector's lanes, by halving (fewer dependent adds than a lane-by-lane sum).
+template <typename Acc>
+inline Acc HorizontalSum(const typename Vec<Acc>::type& v) {
+  typedef Acc Half __attribute__((vector_size(32)));
+  typedef Acc Quarter __attribute__((vector_size(16)));
+  Half h[2];
+  std::memcpy(h, &v, sizeof(h));
+  const Half a = h[0] + h[1];
+  Quarter q[2];
+  std::memcpy(q, &a, sizeof(q));
+  const Quarter b = q[0] + q[1];
+  Acc lanes[16 / sizeof(Acc)];
+  std::memcpy(lanes, &b, sizeof(lanes));
+  Acc sum = 0;
+  for (const Acc l : lanes) sum += l;
+  return sum;
+}
+
 template <typename T, typename U, typename Acc, int C>
 void NarrowBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t* tap_k, U* const* dst,
                  const Acc* wt, int64_t depth, int64_t ld, const T* zero) {
@@ -226,10 +244,7 @@ void NarrowBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t*
     }
     for (int i = 0; i < nrows; ++i)
       for (int c = 0; c < C; ++c) {
-        Acc lanes[W];
-        std::memcpy(lanes, &acc[i][c], sizeof(V));
-        Acc sum = rest[i][c];
-        for (int e = 0; e < W; ++e) sum += lanes[e];
+        const Acc sum = rest[i][c] + HorizontalSum<Acc>(acc[i][c]);
         dst[r0 + i][c] = FromAcc<U>(sum);
       }
   }
@@ -260,19 +275,20 @@ inline void PixelStrides(const std::vector<AxisGeometry>& axes, bool in, int64_t
   }
 }
 
-// Forward. Item = (group, phase, block of that phase's outputs over the batch).
+// Forward. Item = (group, block, phase): block b of every phase covers about the same outputs q over the batch,
+// so they read the same inputs; with the phase innermost, consecutive items (taken by the threads together) find
+// those inputs in cache instead of streaming the input from memory once per phase.
 template <typename T, typename U, typename Acc>
 void ForwardItem(const ConvProblem& pb, int64_t item) {
   const auto& axes = pb.axes;
   const int64_t d = static_cast<int64_t>(axes.size());
-  const int64_t per_group = pb.phase_first_block.back();
-  const int64_t g = item / per_group;
-  const int64_t block = item % per_group;
-  size_t p = 0;
-  while (pb.phase_first_block[p + 1] <= block) ++p;
-  const PhaseND& phase = pb.phases[p];
-  const int64_t m0 = (block - pb.phase_first_block[p]) * kBlockRows;
+  const int64_t num_phases = static_cast<int64_t>(pb.phases.size());
+  const PhaseND& phase = pb.phases[item % num_phases];
+  item /= num_phases;
+  const int64_t m0 = (item % pb.phase_blocks) * kBlockRows;
+  const int64_t g = item / pb.phase_blocks;
   const int64_t rows = std::min(kBlockRows, pb.batch * phase.pixels - m0);
+  if (rows <= 0) return;  // a phase with fewer outputs than the largest
   const int64_t taps = static_cast<int64_t>(phase.taps.size());
 
   int64_t in_stride[kMaxSpatialDims], out_stride[kMaxSpatialDims];
@@ -284,26 +300,60 @@ void ForwardItem(const ConvProblem& pb, int64_t item) {
   auto& tables = BlockTables<T, U>::ForThread(rows, taps);
   auto& src = tables.src;
   auto& dst = tables.dst;
-  for (int64_t t = 0; t < taps; ++t) tables.tap_k[t] = phase.taps[t].k;
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t m = m0 + i;
-    const int64_t gn = g * pb.batch + m / phase.pixels;
-    int64_t rest = m % phase.pixels, q[kMaxSpatialDims], o_flat = 0;
+  // Tap t reads input q + offset_t for the phase's output q: for the outputs where every tap reads inside the
+  // input (q in [inner_begin, inner_end) on every axis) that is the pixel's q plus a fixed shift per tap.
+  int64_t inner_begin[kMaxSpatialDims], inner_end[kMaxSpatialDims];
+  for (int64_t a = 0; a < d; ++a) {
+    inner_begin[a] = 0;
+    inner_end[a] = phase.count[a];
+  }
+  thread_local std::vector<int64_t> shift;
+  shift.assign(taps, 0);
+  for (int64_t t = 0; t < taps; ++t) {
+    const TapND& tap = phase.taps[t];
+    tables.tap_k[t] = tap.k;
+    for (int64_t a = 0; a < d; ++a) {
+      inner_begin[a] = std::max(inner_begin[a], tap.q_begin[a]);
+      inner_end[a] = std::min(inner_end[a], tap.q_end[a]);
+      shift[t] += tap.offset[a] * in_stride[a] * pb.in_ch;
+    }
+  }
+  const int64_t in_pixels = pb.InSpatial(), out_pixels = pb.OutSpatial();
+  int64_t q[kMaxSpatialDims];  // the output's coordinates within the phase, advanced like an odometer
+  int64_t n = m0 / phase.pixels;
+  {
+    int64_t rest = m0 % phase.pixels;
     for (int64_t a = d - 1; a >= 0; --a) {
       q[a] = rest % phase.count[a];
       rest /= phase.count[a];
-      o_flat += (q[a] * axes[a].stride + phase.residue[a]) * out_stride[a];
     }
-    dst[i] = y + (gn * pb.OutSpatial() + o_flat) * pb.out_ch;
-    for (int64_t t = 0; t < taps; ++t) {
-      const TapND& tap = phase.taps[t];
-      int64_t j_flat = 0;
-      bool inside = true;
-      for (int64_t a = 0; a < d; ++a) {
-        inside &= q[a] >= tap.q_begin[a] && q[a] < tap.q_end[a];
-        j_flat += (q[a] + tap.offset[a]) * in_stride[a];
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t gn = g * pb.batch + n;
+    int64_t o_flat = 0, j_flat = 0;
+    bool interior = true;
+    for (int64_t a = 0; a < d; ++a) {
+      o_flat += (q[a] * axes[a].stride + phase.residue[a]) * out_stride[a];
+      j_flat += q[a] * in_stride[a];
+      interior &= q[a] >= inner_begin[a] && q[a] < inner_end[a];
+    }
+    dst[i] = y + (gn * out_pixels + o_flat) * pb.out_ch;
+    const T* here = x + (gn * in_pixels + j_flat) * pb.in_ch;
+    const T** row_src = src.data() + i * taps;
+    if (interior) {
+      for (int64_t t = 0; t < taps; ++t) row_src[t] = here + shift[t];
+    } else {
+      for (int64_t t = 0; t < taps; ++t) {
+        const TapND& tap = phase.taps[t];
+        bool inside = true;
+        for (int64_t a = 0; a < d; ++a) inside &= q[a] >= tap.q_begin[a] && q[a] < tap.q_end[a];
+        row_src[t] = inside ? here + shift[t] : zero;
       }
-      src[i * taps + t] = inside ? x + (gn * pb.InSpatial() + j_flat) * pb.in_ch : zero;
+    }
+    for (int64_t a = d - 1; a >= 0; --a) {  // next output of the phase
+      if (++q[a] < phase.count[a]) break;
+      q[a] = 0;
+      if (a == 0) ++n;
     }
   }
   if (pb.narrow_out) {
@@ -603,11 +653,10 @@ bool PrepareTyped(ConvProblem& pb) {
   switch (pb.pass) {
     case Pass::kForward: {
       pb.phases = MakePhasesND(pb.axes);
-      pb.phase_first_block.assign(1, 0);
+      pb.phase_blocks = 0;
       for (const PhaseND& p : pb.phases)
-        pb.phase_first_block.push_back(pb.phase_first_block.back() +
-                                       (pb.batch * p.pixels + kBlockRows - 1) / kBlockRows);
-      pb.num_items = pb.groups * pb.phase_first_block.back();
+        pb.phase_blocks = std::max(pb.phase_blocks, (pb.batch * p.pixels + kBlockRows - 1) / kBlockRows);
+      pb.num_items = pb.groups * pb.phase_blocks * static_cast<int64_t>(pb.phases.size());
       // Few output channels and enough input channels to fill the vectors: the dot-product form.
       pb.narrow_out = pb.out_ch >= 1 && pb.out_ch <= kNarrowMax && pb.in_ch >= Vec<Acc>::kWidth;
       return PackWeights<T, Acc>(pb, /*transpose=*/pb.narrow_out);

@@ -42,7 +42,7 @@ struct ConvProblem : ConvShape {
   int64_t num_items = 0;
   bool narrow_out = false;                 // forward: few output channels, computed in dot-product form
   std::vector<PhaseND> phases;             // forward: the phases of all axes together
-  std::vector<int64_t> phase_first_block;  // forward: first block of each phase within a group (and the total)
+  int64_t phase_blocks = 0;                // forward: blocks of outputs of the largest phase
   std::vector<int64_t> links;              // input grad: per axis, (input, tap) -> output pixel offset
   std::vector<int64_t> links_begin;        // input grad: where each axis's table starts in `links`
   std::vector<int64_t> interior_begin;     // input grad: per axis, the inputs every tap links with an output
