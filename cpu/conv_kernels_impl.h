@@ -509,7 +509,8 @@ inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const Run* run
 inline bool WeightGradRowsFromX(const ConvProblem& pb) { return !(pb.out_ch < pb.in_ch && pb.out_ch < 16); }
 
 // The weight-gradient tile: kRows x kColVecs vectors, or, when there are only a few row channels (a layer with
-// 1-3 output channels), kFewRows rows x kFewColVecs vectors so the FMAs are not spent on repeated rows.
+// 1-3 output channels), as many rows as there are (at most kFewRows) x kFewColVecs vectors, so no FMA is spent
+// on a repeated row.
 constexpr int kFewRows = 4;
 constexpr int kFewColVecs = 16 / kFewRows;
 // An item owns this many register tiles of row channels and walks the pixels in chunks of about kChunkPixels,
@@ -634,10 +635,14 @@ void WeightGradTile(const ConvProblem& pb, int64_t item) {
 
 template <typename T, typename U, typename Acc>
 void WeightGradItem(const ConvProblem& pb, int64_t item) {
-  if (WeightGradFewRows(pb))
-    WeightGradTile<T, U, Acc, kFewRows, kFewColVecs>(pb, item);
-  else
-    WeightGradTile<T, U, Acc, kRows, kColVecs>(pb, item);
+  if (!WeightGradFewRows(pb)) return WeightGradTile<T, U, Acc, kRows, kColVecs>(pb, item);
+  // A tile exactly as tall as the row channels: no FMA on a repeated row.
+  switch (WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch) {
+    case 1: return WeightGradTile<T, U, Acc, 1, kFewColVecs>(pb, item);
+    case 2: return WeightGradTile<T, U, Acc, 2, kFewColVecs>(pb, item);
+    case 3: return WeightGradTile<T, U, Acc, 3, kFewColVecs>(pb, item);
+    default: return WeightGradTile<T, U, Acc, kFewRows, kFewColVecs>(pb, item);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
