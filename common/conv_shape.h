@@ -3,6 +3,9 @@
 //
 //   x: (G, N, H..., Ci)    y / dy: (G, N, O..., Co)    w / dw: (G, K..., Ci, Co)
 //   forward: (x, w) -> y;   input grad: (dy, w) -> dx;   weight grad: (x, dy) -> dw
+//
+// With kernel_flipped, w / dw is stored (G, K..., Co, Ci) with every spatial axis reversed: a PyTorch-oriented
+// kernel (transpose_kernel=True) as the user holds it, so nobody has to copy it into the canonical layout.
 #ifndef JAXSEG_COMMON_CONV_SHAPE_H_
 #define JAXSEG_COMMON_CONV_SHAPE_H_
 
@@ -26,7 +29,25 @@ struct Dims {
 struct ConvShape {
   Pass pass = Pass::kForward;
   int64_t groups = 0, batch = 0, in_ch = 0, out_ch = 0;
+  bool kernel_flipped = false;
   std::vector<AxisGeometry> axes;
+
+  // Where canonical tap k (flat, row-major over the kernel's spatial axes) and channels (ci, co) are stored
+  // within one group's kernel.
+  int64_t StoredTap(int64_t k) const {
+    if (!kernel_flipped) return k;
+    int64_t stored = 0, scale = 1;
+    for (size_t a = axes.size(); a-- > 0;) {
+      const int64_t size = axes[a].kernel_size;
+      stored += (size - 1 - k % size) * scale;
+      k /= size;
+      scale *= size;
+    }
+    return stored;
+  }
+  int64_t StoredChannels(int64_t ci, int64_t co) const {
+    return kernel_flipped ? co * in_ch + ci : ci * out_ch + co;
+  }
 
   int64_t InSpatial() const {
     int64_t n = 1;
@@ -54,7 +75,8 @@ inline std::string DimsString(Dims d) {
 // Fills `shape` from the dims of the pass's operands and result; returns an error message, empty when the
 // buffers agree with each other and with the geometry.
 inline std::string ReadConvShape(Pass pass, Dims first, Dims second, Dims result, Dims strides, Dims dilation,
-                                 Dims pad_lo, Dims pad_hi, ConvShape* shape) {
+                                 Dims pad_lo, Dims pad_hi, int64_t kernel_flipped, ConvShape* shape) {
+  if (kernel_flipped != 0 && kernel_flipped != 1) return "kernel_flipped must be 0 or 1";
   const size_t d = strides.size;
   if (d == 0 || dilation.size != d || pad_lo.size != d || pad_hi.size != d)
     return "strides, dilation and paddings need one entry per spatial axis";
@@ -69,9 +91,11 @@ inline std::string ReadConvShape(Pass pass, Dims first, Dims second, Dims result
   if (x.size != d + 3 || y.size != d + 3 || w.size != d + 3)
     return "operands must have rank " + std::to_string(d + 3) + ", got " + DimsString(x) + ", " + DimsString(w) +
            " -> " + DimsString(y);
-  if (x[0] != y[0] || x[0] != w[0] || x[1] != y[1] || x[d + 2] != w[d + 1] || y[d + 2] != w[d + 2])
+  const size_t w_ci = kernel_flipped ? d + 2 : d + 1, w_co = kernel_flipped ? d + 1 : d + 2;
+  if (x[0] != y[0] || x[0] != w[0] || x[1] != y[1] || x[d + 2] != w[w_ci] || y[d + 2] != w[w_co])
     return "inconsistent shapes " + DimsString(x) + ", " + DimsString(w) + " -> " + DimsString(y);
   shape->pass = pass;
+  shape->kernel_flipped = kernel_flipped == 1;
   shape->groups = x[0];
   shape->batch = x[1];
   shape->in_ch = x[d + 2];

@@ -84,15 +84,18 @@ bool PackWeights(ConvProblem& pb, bool transpose) {
   if (!pb.packed) return false;
   const T* w = static_cast<const T*>(pb.b);
   Acc* dst = static_cast<Acc*>(pb.packed.get());
+  const int64_t ksp = pb.KernelSpatial();
   for (int64_t t = 0; t < taps; ++t) {
-    const T* wt = w + t * pb.in_ch * pb.out_ch;  // (Ci, Co)
+    // Canonical tap t of group t / ksp, wherever the kernel's layout stores it (see common/conv_shape.h).
+    const T* wt = w + ((t / ksp) * ksp + pb.StoredTap(t % ksp)) * pb.in_ch * pb.out_ch;
     for (int64_t tile = 0; tile < tiles; ++tile) {
       Acc* panel = dst + (t * tiles + tile) * depth * kcols;
       for (int64_t r = 0; r < depth; ++r) {
         for (int64_t c = 0; c < kcols; ++c) {
           const int64_t col = tile * kcols + c;
           panel[r * kcols + c] =
-              col < cols ? ToAcc<Acc>(transpose ? wt[col * pb.out_ch + r] : wt[r * pb.out_ch + col]) : Acc(0);
+              col < cols ? ToAcc<Acc>(wt[transpose ? pb.StoredChannels(col, r) : pb.StoredChannels(r, col)])
+                         : Acc(0);
         }
       }
     }
@@ -613,7 +616,7 @@ void WeightGradTile(const ConvProblem& pb, int64_t item) {
 
   // Every tap is stored, also one that never meets the input (its gradient is zero).
   for (int64_t t = 0; t < taps; ++t) {
-    U* dw = static_cast<U*>(pb.out) + (g * pb.KernelSpatial() + phase.taps[t].k) * pb.in_ch * pb.out_ch;
+    U* dw = static_cast<U*>(pb.out) + (g * pb.KernelSpatial() + pb.StoredTap(phase.taps[t].k)) * pb.in_ch * pb.out_ch;
     for (int64_t rt = 0; rt < row_tiles; ++rt) {
       const int64_t r0 = b0 + rt * R;
       const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
@@ -626,7 +629,7 @@ void WeightGradTile(const ConvProblem& pb, int64_t item) {
           for (int c = 0; c < ncols; ++c) {
             const int64_t ci = rows_from_x ? r0 + i : c0 + c;
             const int64_t co = rows_from_x ? c0 + c : r0 + i;
-            dw[ci * pb.out_ch + co] = FromAcc<U>(tile[i][c]);
+            dw[pb.StoredChannels(ci, co)] = FromAcc<U>(tile[i][c]);
           }
       }
     }

@@ -93,10 +93,11 @@ Dims ToDims(ffi::Span<const int64_t> s) { return Dims{s.begin(), s.size()}; }
 // common/conv_shape.h), with the dtypes the CPU kernels take.
 ffi::Error Build(Pass pass, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::AnyBuffer res,
                  ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
-                 ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, ConvProblem* pb) {
+                 ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, int64_t kernel_flipped,
+                 ConvProblem* pb) {
   const std::string err =
       ReadConvShape(pass, ToDims(first.dimensions()), ToDims(second.dimensions()), ToDims(res.dimensions()),
-                    ToDims(strides), ToDims(dilation), ToDims(pad_lo), ToDims(pad_hi), pb);
+                    ToDims(strides), ToDims(dilation), ToDims(pad_lo), ToDims(pad_hi), kernel_flipped, pb);
   if (!err.empty()) return ffi::Error::InvalidArgument("jaxseg: " + err);
   if (!ToDType(first.element_type(), &pb->in_type) || first.element_type() != second.element_type())
     return ffi::Error::InvalidArgument("jaxseg: operands must share one of float32, float64, bfloat16, float16");
@@ -113,9 +114,9 @@ ffi::Error Build(Pass pass, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::An
 ffi::Future Execute(Pass pass, ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::AnyBuffer second,
                     ffi::Result<ffi::AnyBuffer> res, ffi::Span<const int64_t> strides,
                     ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                    ffi::Span<const int64_t> pad_hi) {
+                    ffi::Span<const int64_t> pad_hi, int64_t kernel_flipped) {
   auto pb = std::make_shared<ConvProblem>();
-  if (ffi::Error err = Build(pass, first, second, *res, strides, dilation, pad_lo, pad_hi, pb.get());
+  if (ffi::Error err = Build(pass, first, second, *res, strides, dilation, pad_lo, pad_hi, kernel_flipped, pb.get());
       err.failure())
     return Failed(std::move(err));
   if (res->element_count() == 0) return Done();
@@ -128,8 +129,8 @@ template <Pass kPass>
 ffi::Future Handle(ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::AnyBuffer second,
                    ffi::Result<ffi::AnyBuffer> res, ffi::Span<const int64_t> strides,
                    ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                   ffi::Span<const int64_t> pad_hi) {
-  return Execute(kPass, pool, first, second, res, strides, dilation, pad_lo, pad_hi);
+                   ffi::Span<const int64_t> pad_hi, int64_t kernel_flipped) {
+  return Execute(kPass, pool, first, second, res, strides, dilation, pad_lo, pad_hi, kernel_flipped);
 }
 
 auto Binding() { return BindConvTranspose<ffi::ThreadPool>(); }

@@ -288,12 +288,14 @@ Dims ToDims(ffi::Span<const int64_t> s) { return Dims{s.begin(), s.size()}; }
 ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second,
                    ffi::Result<ffi::AnyBuffer> res, ffi::Span<const int64_t> strides,
                    ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                   ffi::Span<const int64_t> pad_hi) {
+                   ffi::Span<const int64_t> pad_hi, int64_t kernel_flipped) {
   ConvShape shape;
   const std::string err =
       ReadConvShape(pass, ToDims(first.dimensions()), ToDims(second.dimensions()), ToDims(res->dimensions()),
-                    ToDims(strides), ToDims(dilation), ToDims(pad_lo), ToDims(pad_hi), &shape);
+                    ToDims(strides), ToDims(dilation), ToDims(pad_lo), ToDims(pad_hi), kernel_flipped, &shape);
   if (!err.empty()) return ffi::Error::InvalidArgument("jaxseg: " + err);
+  // The CUDA kernels read the canonical layout; Python canonicalizes a flipped kernel before calling them.
+  if (shape.kernel_flipped) return ffi::Error::InvalidArgument("jaxseg (CUDA): kernel_flipped is not supported");
   Problem p;
   if (!MakeProblem(shape, &p))
     return ffi::Error::InvalidArgument("jaxseg (CUDA): at most 3 spatial axes, kernel size and stride <= 32");
@@ -327,8 +329,8 @@ ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::AnyBuffer first, ffi::An
 template <Pass kPass>
 ffi::Error Handle(cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::Result<ffi::AnyBuffer> res,
                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
-                  ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
-  return Execute(kPass, stream, first, second, res, strides, dilation, pad_lo, pad_hi);
+                  ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, int64_t kernel_flipped) {
+  return Execute(kPass, stream, first, second, res, strides, dilation, pad_lo, pad_hi, kernel_flipped);
 }
 
 auto Binding() { return BindConvTranspose<ffi::PlatformStream<cudaStream_t>>(); }

@@ -202,16 +202,17 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
                               preferred_element_type=preferred_element_type)
 
   # Canonical operands: x (1, N, H..., Ci), w (1, K..., Ci, Co). transpose_kernel flips the spatial axes and
-  # reads the kernel's feature axes the other way round.
-  if transpose_kernel:
-    rhs = jnp.flip(rhs, axis=tuple(dn.rhs_spec[2:]))
+  # reads the kernel's feature axes the other way round; the kernels read such a kernel as it is (Co before Ci,
+  # spatial axes reversed), so it is not copied.
   x = jnp.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))[None]
-  w = jnp.transpose(rhs, (*dn.rhs_spec[2:], in_axis, out_axis))[None]
+  channels = (out_axis, in_axis) if transpose_kernel else (in_axis, out_axis)
+  w = jnp.transpose(rhs, (*dn.rhs_spec[2:], *channels))[None]
   if n == 0:  # a plain matmul: give it one unit spatial axis
     x, w, strides, dilation, pads = x[:, :, None], w[:, None], (1,), (1,), ((0, 0),)
   compute_dtype = out_dtype if out_dtype == np.float64 else x.dtype
   y = _primitives.forward(x.astype(compute_dtype), w.astype(compute_dtype), strides=strides, dilation=dilation,
-                          padding=pads, out_dtype=out_dtype, precision=_canonical_precision(precision))[0]
+                          padding=pads, out_dtype=out_dtype, precision=_canonical_precision(precision),
+                          kernel_flipped=transpose_kernel)[0]
   if n == 0:
     y = y[:, 0]
   # Canonical (N, O..., Co) to the requested output layout.

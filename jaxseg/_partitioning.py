@@ -1,6 +1,6 @@
 """How the three custom calls take part in SPMD partitioning (jit with shardings, Shardy or GSPMD).
 
-Each pass names the factor every axis of its canonical operands carries:
+Each pass names the factor every axis of its canonical operands carries (a flipped kernel has co before ci):
 
   forward       x  (g n h.. ci), w  (g k.. ci co)  -> y  (g n o.. co)
   input grad    dy (g n o.. co), w  (g k.. ci co)  -> dx (g n h.. ci)
@@ -45,13 +45,22 @@ def _expand(axes, d):
   return out
 
 
-def _factors(target, d):
-  return tuple(_expand(axes, d) for axes in _AXES[target])
+def _factors(target, d, kernel_flipped):
+  """Factor names of (a, b, result); a flipped kernel (see _primitives.kernel_channels) has co before ci."""
+  names = [_expand(axes, d) for axes in _AXES[target]]
+  if kernel_flipped:
+    w = 2 if target == _ext.WEIGHT_GRAD else 1
+    names[w][-2:] = names[w][-1], names[w][-2]
+  return tuple(names)
+
+
+def _geometry(call):
+  """(spatial dims, kernel_flipped) of a call tuple (see kernel_call)."""
+  return call[0], dict(call[5]).get("kernel_flipped", False)
 
 
 def _sharding_rule(target, call, mesh, operand_types, result_types):
-  d = call[0]
-  a, b, out = _factors(target, d)
+  a, b, out = _factors(target, *_geometry(call))
   kept = set(_KEPT[target])
   replicated = tuple(f for f in dict.fromkeys(a + b + out) if f not in kept)
   return f"{' '.join(a)}, {' '.join(b)} -> {' '.join(out)}", {
@@ -65,9 +74,9 @@ def _spec(sharding, ndim):
   return spec + (None,) * (ndim - len(spec))
 
 
-def _choose(target, d, arg_shardings, ndims):
+def _choose(target, d, kernel_flipped, arg_shardings, ndims):
   """Mesh axes per kept factor: the first operand that shards it decides, without using a mesh axis twice."""
-  names = _factors(target, d)[:2]
+  names = _factors(target, d, kernel_flipped)[:2]
   chosen, used = {}, set()
   for factor in _KEPT[target]:
     for spec_names, sharding, ndim in zip(names, arg_shardings, ndims):
@@ -88,11 +97,11 @@ def _named(mesh, factors, chosen):
   return NamedSharding(mesh, PartitionSpec(*(chosen.get(f) for f in factors)))
 
 
-def ffi_attributes(strides, dilation, padding):
-  """The custom calls' attributes, typed as the handlers bind them (1-D int64 arrays)."""
+def ffi_attributes(strides, dilation, padding, kernel_flipped):
+  """The custom calls' attributes, typed as the handlers bind them (common/ffi_binding.h)."""
   return dict(strides=np.asarray(strides, np.int64), dilation=np.asarray(dilation, np.int64),
               padding_lo=np.asarray([p[0] for p in padding], np.int64),
-              padding_hi=np.asarray([p[1] for p in padding], np.int64))
+              padding_hi=np.asarray([p[1] for p in padding], np.int64), kernel_flipped=np.int64(kernel_flipped))
 
 
 def _local_call(target, call, a, b):
@@ -101,14 +110,13 @@ def _local_call(target, call, a, b):
 
   out_shape = _primitives.result_shape(target, a.shape, b.shape, strides, dilation, padding, dict(extra))
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, out_dtype))(
-      a, b, **ffi_attributes(strides, dilation, padding))
+      a, b, **ffi_attributes(strides, dilation, padding, dict(extra).get("kernel_flipped", False)))
 
 
 def _partition(target, call, mesh, arg_shapes, result_shape):
-  d = call[0]
-  a_names, b_names, out_names = _factors(target, d)
+  a_names, b_names, out_names = _factors(target, *_geometry(call))
   shardings = [s.sharding for s in arg_shapes]
-  chosen = _choose(target, d, shardings, [len(s.shape) for s in arg_shapes])
+  chosen = _choose(target, *_geometry(call), shardings, [len(s.shape) for s in arg_shapes])
   # Reduced factors stay sharded on the operands and leave the result; their mesh axes are summed over.
   reduced = {f: chosen.pop(f) for f in _REDUCED.get(target, ()) if f in chosen}
   arg_out = (_named(mesh, a_names, {**chosen, **reduced}), _named(mesh, b_names, {**chosen, **reduced}))
@@ -122,23 +130,22 @@ def _partition(target, call, mesh, arg_shapes, result_shape):
 
 
 def _infer(target, call, mesh, arg_shapes, result_shape):
-  d = call[0]
-  chosen = _choose(target, d, [s.sharding for s in arg_shapes], [len(s.shape) for s in arg_shapes])
+  chosen = _choose(target, *_geometry(call), [s.sharding for s in arg_shapes], [len(s.shape) for s in arg_shapes])
   for f in _REDUCED.get(target, ()):
     chosen.pop(f, None)
-  return _named(mesh, _factors(target, d)[2], chosen)
+  return _named(mesh, _factors(target, *_geometry(call))[2], chosen)
 
 
-def result_sharding(target, d, a_aval, b_aval, result_ndim):
+def result_sharding(target, d, kernel_flipped, a_aval, b_aval, result_ndim):
   """The sharding of a pass's result as abstract evaluation sees it (sharding in types): kept factors carry
   over from the operands, reduced ones are summed away, everything else is replicated. None without one."""
   shardings = [getattr(a_aval, "sharding", None), getattr(b_aval, "sharding", None)]
   if not all(isinstance(s, NamedSharding) for s in shardings):
     return None
-  chosen = _choose(target, d, shardings, [a_aval.ndim, b_aval.ndim])
+  chosen = _choose(target, d, kernel_flipped, shardings, [a_aval.ndim, b_aval.ndim])
   for f in _REDUCED.get(target, ()):
     chosen.pop(f, None)
-  out_names = _factors(target, d)[2]
+  out_names = _factors(target, d, kernel_flipped)[2]
   assert len(out_names) == result_ndim
   return NamedSharding(shardings[0].mesh, PartitionSpec(*(chosen.get(f) for f in out_names)))
 

@@ -76,16 +76,18 @@ def _bind(prim, a, b, *, out_dtype, **params):
   return out if compute == out_dtype else out.astype(out_dtype)
 
 
-def forward(x, w, **params):
-  return _bind(conv_transpose_p, x, w, **params)
+def forward(x, w, *, kernel_flipped=False, **params):
+  return _bind(conv_transpose_p, x, w, kernel_flipped=bool(kernel_flipped), **params)
 
 
-def input_grad(dy, w, *, in_spatial, **params):
-  return _bind(conv_transpose_input_grad_p, dy, w, in_spatial=tuple(in_spatial), **params)
+def input_grad(dy, w, *, in_spatial, kernel_flipped=False, **params):
+  return _bind(conv_transpose_input_grad_p, dy, w, in_spatial=tuple(in_spatial), kernel_flipped=bool(kernel_flipped),
+               **params)
 
 
-def weight_grad(x, dy, *, kernel_spatial, **params):
-  return _bind(conv_transpose_weight_grad_p, x, dy, kernel_spatial=tuple(kernel_spatial), **params)
+def weight_grad(x, dy, *, kernel_spatial, kernel_flipped=False, **params):
+  return _bind(conv_transpose_weight_grad_p, x, dy, kernel_spatial=tuple(kernel_spatial),
+               kernel_flipped=bool(kernel_flipped), **params)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -101,49 +103,68 @@ def _check_common(a, b, a_name, b_name, strides):
     raise TypeError(f"group axes differ: {a.shape} and {b.shape}")
 
 
+def kernel_channels(w_shape, kernel_flipped):
+  """(Ci, Co) of a kernel: canonical (G, K.., Ci, Co), or with kernel_flipped (G, K.., Co, Ci) with its spatial
+  axes reversed (a PyTorch-oriented kernel as the user holds it; the kernels read it in place, no copy)."""
+  return (w_shape[-1], w_shape[-2]) if kernel_flipped else (w_shape[-2], w_shape[-1])
+
+
+def canonical_kernel(w, kernel_flipped):
+  """A kernel in the canonical layout (a copy when flipped)."""
+  if not kernel_flipped:
+    return w
+  return jnp.flip(jnp.swapaxes(w, -1, -2), axis=tuple(range(1, w.ndim - 2)))
+
+
 def result_shape(target, a, b, strides, dilation, padding, extra):
   """Shape of a pass's result from its operands' shapes (the one shape rule, used by abstract evaluation and by
   the per-shard calls of the partitioner)."""
+  flipped = extra.get("kernel_flipped", False)
   if target == _ext.FORWARD:
-    return (a[0], a[1], *output_spatial(a[2:-1], b[1:-2], strides, dilation, padding), b[-1])
+    return (a[0], a[1], *output_spatial(a[2:-1], b[1:-2], strides, dilation, padding), kernel_channels(b, flipped)[1])
   if target == _ext.INPUT_GRAD:
-    return (a[0], a[1], *extra["in_spatial"], b[-2])
-  return (a[0], *extra["kernel_spatial"], a[-1], b[-1])
+    return (a[0], a[1], *extra["in_spatial"], kernel_channels(b, flipped)[0])
+  channels = (b[-1], a[-1]) if flipped else (a[-1], b[-1])
+  return (a[0], *extra["kernel_spatial"], *channels)
 
 
-def _result_aval(target, a, b, shape, dtype):
+def _result_aval(target, a, b, shape, dtype, kernel_flipped):
   """The result derived from operand a's aval (keeping shard_map's manual-axis information), with the sharding
   the partitioning rules give it."""
-  sharding = _partitioning.result_sharding(target, len(shape) - 3, a, b, len(shape))
+  sharding = _partitioning.result_sharding(target, len(shape) - 3, kernel_flipped, a, b, len(shape))
   kwargs = {"sharding": sharding} if sharding is not None else {}
   return a.update(shape=shape, dtype=dtype, weak_type=False, **kwargs)
 
 
-def _forward_abstract_eval(x, w, *, strides, dilation, padding, out_dtype, precision):
+def _forward_abstract_eval(x, w, *, strides, dilation, padding, out_dtype, precision, kernel_flipped):
   _check_common(x, w, "x", "w", strides)
-  if x.shape[-1] != w.shape[-2]:
-    raise TypeError(f"input channels differ: x {x.shape}, w {w.shape}")
-  shape = result_shape(_ext.FORWARD, x.shape, w.shape, strides, dilation, padding, {})
-  return _result_aval(_ext.FORWARD, x, w, shape, out_dtype)
+  if x.shape[-1] != kernel_channels(w.shape, kernel_flipped)[0]:
+    raise TypeError(f"input channels differ: x {x.shape}, w {w.shape}, kernel_flipped={kernel_flipped}")
+  shape = result_shape(_ext.FORWARD, x.shape, w.shape, strides, dilation, padding, {"kernel_flipped": kernel_flipped})
+  return _result_aval(_ext.FORWARD, x, w, shape, out_dtype, kernel_flipped)
 
 
-def _input_grad_abstract_eval(dy, w, *, in_spatial, strides, dilation, padding, out_dtype, precision):
+def _input_grad_abstract_eval(dy, w, *, in_spatial, strides, dilation, padding, out_dtype, precision,
+                              kernel_flipped):
   _check_common(dy, w, "dy", "w", strides)
   out = output_spatial(in_spatial, w.shape[1:-2], strides, dilation, padding)
-  if tuple(dy.shape[2:-1]) != out or dy.shape[-1] != w.shape[-1]:
-    raise TypeError(f"dy {dy.shape} does not match w {w.shape} and input spatial {in_spatial}")
-  shape = result_shape(_ext.INPUT_GRAD, dy.shape, w.shape, strides, dilation, padding, {"in_spatial": in_spatial})
-  return _result_aval(_ext.INPUT_GRAD, dy, w, shape, out_dtype)
+  if tuple(dy.shape[2:-1]) != out or dy.shape[-1] != kernel_channels(w.shape, kernel_flipped)[1]:
+    raise TypeError(f"dy {dy.shape} does not match w {w.shape} (kernel_flipped={kernel_flipped}) and input "
+                    f"spatial {in_spatial}")
+  shape = result_shape(_ext.INPUT_GRAD, dy.shape, w.shape, strides, dilation, padding,
+                       {"in_spatial": in_spatial, "kernel_flipped": kernel_flipped})
+  return _result_aval(_ext.INPUT_GRAD, dy, w, shape, out_dtype, kernel_flipped)
 
 
-def _weight_grad_abstract_eval(x, dy, *, kernel_spatial, strides, dilation, padding, out_dtype, precision):
+def _weight_grad_abstract_eval(x, dy, *, kernel_spatial, strides, dilation, padding, out_dtype, precision,
+                               kernel_flipped):
   _check_common(x, dy, "x", "dy", strides)
   out = output_spatial(x.shape[2:-1], kernel_spatial, strides, dilation, padding)
   if tuple(dy.shape[2:-1]) != out or x.shape[1] != dy.shape[1]:
     raise TypeError(f"dy {dy.shape} does not match x {x.shape} and kernel spatial {kernel_spatial}")
   shape = result_shape(_ext.WEIGHT_GRAD, x.shape, dy.shape, strides, dilation, padding,
-                       {"kernel_spatial": kernel_spatial})
-  return _result_aval(_ext.WEIGHT_GRAD, x, dy, shape, out_dtype)
+                       {"kernel_spatial": kernel_spatial, "kernel_flipped": kernel_flipped})
+  return _result_aval(_ext.WEIGHT_GRAD, x, dy, shape, out_dtype, kernel_flipped)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -155,34 +176,36 @@ def _aval(v):
   return v.aval
 
 
-def _fwd_transpose_x(ct, x, w, *, strides, dilation, padding, out_dtype, precision):
+def _fwd_transpose_x(ct, x, w, *, strides, dilation, padding, out_dtype, precision, kernel_flipped):
   return input_grad(ct, w, in_spatial=_aval(x).shape[2:-1], strides=strides, dilation=dilation, padding=padding,
-                    out_dtype=_aval(x).dtype, precision=precision)
+                    out_dtype=_aval(x).dtype, precision=precision, kernel_flipped=kernel_flipped)
 
 
-def _fwd_transpose_w(ct, x, w, *, strides, dilation, padding, out_dtype, precision):
+def _fwd_transpose_w(ct, x, w, *, strides, dilation, padding, out_dtype, precision, kernel_flipped):
   return weight_grad(x, ct, kernel_spatial=_aval(w).shape[1:-2], strides=strides, dilation=dilation,
-                     padding=padding, out_dtype=_aval(w).dtype, precision=precision)
+                     padding=padding, out_dtype=_aval(w).dtype, precision=precision, kernel_flipped=kernel_flipped)
 
 
-def _dgrad_transpose_dy(ct, dy, w, *, in_spatial, strides, dilation, padding, out_dtype, precision):
+def _dgrad_transpose_dy(ct, dy, w, *, in_spatial, strides, dilation, padding, out_dtype, precision, kernel_flipped):
   return forward(ct, w, strides=strides, dilation=dilation, padding=padding, out_dtype=_aval(dy).dtype,
-                 precision=precision)
+                 precision=precision, kernel_flipped=kernel_flipped)
 
 
-def _dgrad_transpose_w(ct, dy, w, *, in_spatial, strides, dilation, padding, out_dtype, precision):
+def _dgrad_transpose_w(ct, dy, w, *, in_spatial, strides, dilation, padding, out_dtype, precision, kernel_flipped):
   return weight_grad(ct, dy, kernel_spatial=_aval(w).shape[1:-2], strides=strides, dilation=dilation,
-                     padding=padding, out_dtype=_aval(w).dtype, precision=precision)
+                     padding=padding, out_dtype=_aval(w).dtype, precision=precision, kernel_flipped=kernel_flipped)
 
 
-def _wgrad_transpose_x(ct, x, dy, *, kernel_spatial, strides, dilation, padding, out_dtype, precision):
+def _wgrad_transpose_x(ct, x, dy, *, kernel_spatial, strides, dilation, padding, out_dtype, precision,
+                       kernel_flipped):
   return input_grad(dy, ct, in_spatial=_aval(x).shape[2:-1], strides=strides, dilation=dilation, padding=padding,
-                    out_dtype=_aval(x).dtype, precision=precision)
+                    out_dtype=_aval(x).dtype, precision=precision, kernel_flipped=kernel_flipped)
 
 
-def _wgrad_transpose_dy(ct, x, dy, *, kernel_spatial, strides, dilation, padding, out_dtype, precision):
+def _wgrad_transpose_dy(ct, x, dy, *, kernel_spatial, strides, dilation, padding, out_dtype, precision,
+                        kernel_flipped):
   return forward(x, ct, strides=strides, dilation=dilation, padding=padding, out_dtype=_aval(dy).dtype,
-                 precision=precision)
+                 precision=precision, kernel_flipped=kernel_flipped)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -244,6 +267,11 @@ def _make_batcher(fn, a_fold, b_fold, out_of_a, out_of_b):
   return rule
 
 
+def _by_layout(canonical, flipped):
+  """The batching rule for the kernel's layout (its channel axes swap places when flipped)."""
+  return lambda args, dims, **params: (flipped if params["kernel_flipped"] else canonical)(args, dims, **params)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Lowering: our custom calls where we have kernels; elsewhere XLA's convolution of the same meaning.
 
@@ -274,13 +302,28 @@ def _kernel_lowering(target, lax_impl, platform):
     if platform == "cuda" and not _within_cuda_limits(ctx, target, strides, extra):
       return fallback(ctx, a, b, strides=strides, dilation=dilation, padding=padding, out_dtype=out_dtype,
                       precision=precision, **extra)
+    if platform == "cuda" and extra["kernel_flipped"]:
+      # The CUDA kernels read the canonical layout only: copy the kernel into it (or the result out of it).
+      return mlir.lower_fun(partial(_canonical_call, target, strides=strides, dilation=dilation, padding=padding,
+                                    out_dtype=out_dtype, precision=precision, **extra),
+                            multiple_results=False)(ctx, a, b)
     if not _spans_devices(ctx):
-      return direct(ctx, a, b, **_partitioning.ffi_attributes(strides, dilation, padding))
+      return direct(ctx, a, b, **_partitioning.ffi_attributes(strides, dilation, padding, extra["kernel_flipped"]))
     call = partial(_partitioning.kernel_call, target, strides=strides, dilation=dilation, padding=padding,
                    out_dtype=out_dtype, extra=tuple(sorted(extra.items())))
     return mlir.lower_fun(call, multiple_results=False)(ctx, a, b)
 
   return rule
+
+
+def _canonical_call(target, a, b, *, kernel_flipped, **params):
+  """A pass with a flipped kernel computed by the canonical one."""
+  if target == _ext.FORWARD:
+    return conv_transpose_p.bind(a, canonical_kernel(b, True), kernel_flipped=False, **params)
+  if target == _ext.INPUT_GRAD:
+    return conv_transpose_input_grad_p.bind(a, canonical_kernel(b, True), kernel_flipped=False, **params)
+  dw = conv_transpose_weight_grad_p.bind(a, b, kernel_flipped=False, **params)
+  return jnp.flip(jnp.swapaxes(dw, -1, -2), axis=tuple(range(1, dw.ndim - 2)))
 
 
 def _lax_dimension_numbers(d):
@@ -289,9 +332,10 @@ def _lax_dimension_numbers(d):
                                   out_spec=(0, d + 1) + spatial)
 
 
-def lax_forward(x, w, *, strides, dilation, padding, out_dtype, precision):
-  """XLA's convolution with the forward primitive's meaning (canonical operands): the reference."""
+def lax_forward(x, w, *, strides, dilation, padding, out_dtype, precision, kernel_flipped=False):
+  """XLA's convolution with the forward primitive's meaning: the reference."""
   d = len(strides)
+  w = canonical_kernel(w, kernel_flipped)
 
   def one(x, w):
     return lax.conv_general_dilated(x, w, (1,) * d, padding, lhs_dilation=strides, rhs_dilation=dilation,
@@ -302,13 +346,15 @@ def lax_forward(x, w, *, strides, dilation, padding, out_dtype, precision):
 
 
 def lax_input_grad(dy, w, *, in_spatial, **params):
-  x0 = jnp.zeros((dy.shape[0], dy.shape[1], *in_spatial, w.shape[-2]), w.dtype)
+  x0 = jnp.zeros((dy.shape[0], dy.shape[1], *in_spatial, kernel_channels(w.shape, params["kernel_flipped"])[0]),
+                 w.dtype)
   return jax.linear_transpose(lambda x: lax_forward(x, w, **{**params, "out_dtype": dy.dtype}), x0)(dy)[0].astype(
       params["out_dtype"])
 
 
 def lax_weight_grad(x, dy, *, kernel_spatial, **params):
-  w0 = jnp.zeros((x.shape[0], *kernel_spatial, x.shape[-1], dy.shape[-1]), x.dtype)
+  channels = (dy.shape[-1], x.shape[-1]) if params["kernel_flipped"] else (x.shape[-1], dy.shape[-1])
+  w0 = jnp.zeros((x.shape[0], *kernel_spatial, *channels), x.dtype)
   return jax.linear_transpose(lambda w: lax_forward(x, w, **{**params, "out_dtype": dy.dtype}), w0)(dy)[0].astype(
       params["out_dtype"])
 
@@ -332,12 +378,15 @@ def _setup(p, abstract_eval, target, lax_impl, transpose_a, transpose_b, batcher
 
 # x (G, N, H.., Ci), w (G, K.., Ci, Co) -> y (G, N, O.., Co): a lone x folds into N, a lone w into Co.
 _setup(conv_transpose_p, _forward_abstract_eval, _ext.FORWARD, lax_forward, _fwd_transpose_x, _fwd_transpose_w,
-       _make_batcher(conv_transpose_p.bind, a_fold=1, b_fold=-1, out_of_a=1, out_of_b=-1))
+       _by_layout(_make_batcher(conv_transpose_p.bind, a_fold=1, b_fold=-1, out_of_a=1, out_of_b=-1),
+                  _make_batcher(conv_transpose_p.bind, a_fold=1, b_fold=-2, out_of_a=1, out_of_b=-1)))
 # dy (G, N, O.., Co), w (G, K.., Ci, Co) -> dx (G, N, H.., Ci): a lone dy folds into N, a lone w into Ci.
 _setup(conv_transpose_input_grad_p, _input_grad_abstract_eval, _ext.INPUT_GRAD, lax_input_grad,
        _dgrad_transpose_dy, _dgrad_transpose_w,
-       _make_batcher(conv_transpose_input_grad_p.bind, a_fold=1, b_fold=-2, out_of_a=1, out_of_b=-1))
+       _by_layout(_make_batcher(conv_transpose_input_grad_p.bind, a_fold=1, b_fold=-2, out_of_a=1, out_of_b=-1),
+                  _make_batcher(conv_transpose_input_grad_p.bind, a_fold=1, b_fold=-1, out_of_a=1, out_of_b=-1)))
 # x (G, N, H.., Ci), dy (G, N, O.., Co) -> dw (G, K.., Ci, Co): a lone x folds into Ci, a lone dy into Co.
 _setup(conv_transpose_weight_grad_p, _weight_grad_abstract_eval, _ext.WEIGHT_GRAD, lax_weight_grad,
        _wgrad_transpose_x, _wgrad_transpose_dy,
-       _make_batcher(conv_transpose_weight_grad_p.bind, a_fold=-1, b_fold=-1, out_of_a=-2, out_of_b=-1))
+       _by_layout(_make_batcher(conv_transpose_weight_grad_p.bind, a_fold=-1, b_fold=-1, out_of_a=-2, out_of_b=-1),
+                  _make_batcher(conv_transpose_weight_grad_p.bind, a_fold=-1, b_fold=-1, out_of_a=-1, out_of_b=-2)))

@@ -89,6 +89,24 @@ def check_two_axis_mesh(kind):
   assert collectives(f, xs, ws)["all-gather"] == 0
 
 
+def check_pytorch_oriented_kernel(kind):
+  """transpose_kernel=True: the kernel (K.., Co, Ci) is read in place, so its Co axis is the one kept sharded."""
+  x, _, _ = case(2)
+  w = rng.standard_normal((4, 3, 24, 32)).astype(np.float32)
+  f = lambda x, w: jaxseg.conv_transpose(x, w, (2, 3), "SAME", transpose_kernel=True)
+  loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  m = mesh((4, 2), ("data", "model"), kind)
+  xs = jax.device_put(x, NamedSharding(m, P("data")))
+  ws = jax.device_put(w, NamedSharding(m, P(None, None, "model")))
+  y = jax.jit(f)(xs, ws)
+  close(y, f(x, w))
+  assert y.sharding.spec[0] == "data" and y.sharding.spec[-1] == "model", y.sharding
+  assert collectives(f, xs, ws)["all-gather"] == 0
+  g = jax.jit(jax.grad(loss, (0, 1)))(xs, ws)
+  for a, b in zip(g, jax.grad(loss, (0, 1))(x, w)):
+    close(a, b)
+
+
 def check_shard_map(kind):
   x, w, f = case(2)
   loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))

@@ -80,16 +80,17 @@ def test_half_precision_gradients(rng):
       assert rel_err(a, b) < 2e-2
 
 
+@pytest.mark.parametrize("transpose_kernel", [False, True])
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0), (2, None), (None, 3), (1, 2)])
-def test_vmap(rng, in_axes):
+def test_vmap(rng, in_axes, transpose_kernel):
   b = 3
-  x_shape, w_shape = [2, 5, 6, 3], [4, 3, 3, 5]
+  x_shape, w_shape = [2, 5, 6, 3], [4, 3, 5, 3] if transpose_kernel else [4, 3, 3, 5]
   if in_axes[0] is not None:
     x_shape.insert(in_axes[0], b)
   if in_axes[1] is not None:
     w_shape.insert(in_axes[1], b)
   x, w = _inputs(rng, x_shape, w_shape, jnp.float32)
-  kw = dict(strides=(2, 3), padding=[(1, 2), (0, 1)])
+  kw = dict(strides=(2, 3), padding=[(1, 2), (0, 1)], transpose_kernel=transpose_kernel)
   ours = jax.vmap(lambda x, w: jaxseg.conv_transpose(x, w, **kw), in_axes)(x, w)
   theirs = jax.vmap(lambda x, w: lax.conv_transpose(x, w, **kw), in_axes)(x, w)
   assert rel_err(ours, theirs) < 1e-5
@@ -121,3 +122,32 @@ def test_hlo_uses_our_custom_calls(rng):
   assert targets == {"jaxseg_conv_transpose_fwd", "jaxseg_conv_transpose_input_grad",
                      "jaxseg_conv_transpose_weight_grad"}
   assert not has_conv
+
+
+def test_pytorch_oriented_kernel_is_not_copied(rng):
+  """transpose_kernel=True: the kernels read the kernel as the user holds it (no flip or transpose in XLA), and the
+  weight gradient comes back in that layout without a copy either."""
+  x, w = _inputs(rng, (8, 7, 7, 16), (4, 4, 8, 16), jnp.float32)
+  fwd = lambda x, w: jaxseg.conv_transpose(x, w, (2, 2), "SAME", transpose_kernel=True)
+  for fn in (fwd, jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1))):
+    hlo = jax.jit(fn).lower(x, w).compile().as_text()
+    assert not re.search(r"[\]}] (reverse|transpose|copy)\(", hlo), hlo  # an op, not op_name metadata
+
+
+def test_canonical_call_matches_flipped_kernel(rng):
+  """The path the CUDA lowering takes for a flipped kernel (copy to the canonical layout) gives what the CPU
+  kernels give reading it in place."""
+  from jaxseg import _ext, _primitives
+  x, w = _inputs(rng, (1, 2, 5, 6, 3), (1, 4, 3, 2, 3), jnp.float32)  # w flipped: (G, K.., Co, Ci)
+  geo = dict(strides=(2, 3), dilation=(1, 2), padding=((1, 2), (0, 1)), out_dtype=np.dtype(np.float32),
+             precision=None)
+  y = _primitives.forward(x, w, kernel_flipped=True, **geo)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  cases = [(_ext.FORWARD, x, w, {}, y),
+           (_ext.INPUT_GRAD, dy, w, {"in_spatial": (5, 6)},
+            _primitives.input_grad(dy, w, in_spatial=(5, 6), kernel_flipped=True, **geo)),
+           (_ext.WEIGHT_GRAD, x, dy, {"kernel_spatial": (4, 3)},
+            _primitives.weight_grad(x, dy, kernel_spatial=(4, 3), kernel_flipped=True, **geo))]
+  for target, a, b, extra, want in cases:
+    got = _primitives._canonical_call(target, a, b, kernel_flipped=True, **geo, **extra)
+    assert got.shape == want.shape and rel_err(got, want) < 1e-5, target
