@@ -278,6 +278,24 @@ inline void PixelStrides(const std::vector<AxisGeometry>& axes, bool in, int64_t
   }
 }
 
+// The coordinates of pixel m of a batch of images with spatial extent `extent` (row-major, the last axis fastest):
+// image *n, coordinates c. NextPixel then steps them like an odometer, so a block's pixels cost no division.
+inline void PixelCoords(int64_t d, const int64_t* extent, int64_t m, int64_t* n, int64_t* c) {
+  for (int64_t a = d - 1; a >= 0; --a) {
+    c[a] = m % extent[a];
+    m /= extent[a];
+  }
+  *n = m;
+}
+
+inline void NextPixel(int64_t d, const int64_t* extent, int64_t* n, int64_t* c) {
+  for (int64_t a = d - 1; a >= 0; --a) {
+    if (++c[a] < extent[a]) return;
+    c[a] = 0;
+  }
+  ++*n;
+}
+
 // Forward. Item = (group, block, phase): block b of every phase covers about the same outputs q over the batch,
 // so they read the same inputs; with the phase innermost, consecutive items (taken by the threads together) find
 // those inputs in cache instead of streaming the input from memory once per phase.
@@ -322,15 +340,8 @@ void ForwardItem(const ConvProblem& pb, int64_t item) {
     }
   }
   const int64_t in_pixels = pb.InSpatial(), out_pixels = pb.OutSpatial();
-  int64_t q[kMaxSpatialDims];  // the output's coordinates within the phase, advanced like an odometer
-  int64_t n = m0 / phase.pixels;
-  {
-    int64_t rest = m0 % phase.pixels;
-    for (int64_t a = d - 1; a >= 0; --a) {
-      q[a] = rest % phase.count[a];
-      rest /= phase.count[a];
-    }
-  }
+  int64_t n, q[kMaxSpatialDims];  // the output's image and coordinates within the phase
+  PixelCoords(d, phase.count, m0, &n, q);
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t gn = g * pb.batch + n;
     int64_t o_flat = 0, j_flat = 0;
@@ -353,11 +364,7 @@ void ForwardItem(const ConvProblem& pb, int64_t item) {
         row_src[t] = inside ? here + shift[t] : zero;
       }
     }
-    for (int64_t a = d - 1; a >= 0; --a) {  // next output of the phase
-      if (++q[a] < phase.count[a]) break;
-      q[a] = 0;
-      if (a == 0) ++n;
-    }
+    NextPixel(d, phase.count, &n, q);
   }
   if (pb.narrow_out) {
     const Acc* wt = static_cast<const Acc*>(pb.packed.get()) + g * pb.KernelSpatial() * pb.out_ch * pb.packed_ld;
@@ -401,9 +408,9 @@ void InputGradItem(const ConvProblem& pb, int64_t item) {
   // which matters when the depth (the output channels) is small.
   const int64_t k_last = axes[d - 1].kernel_size;
   for (int64_t t = 0; t < taps; ++t) tables.tap_k[t] = t;
-  int64_t j[kMaxSpatialDims];
-  int64_t n = m0 / pb.InSpatial();
-  for (int64_t a = 0; a < d; ++a) j[a] = (m0 % pb.InSpatial() / in_stride[a]) % axes[a].in_size;
+  int64_t in_size[kMaxSpatialDims], n, j[kMaxSpatialDims];
+  for (int64_t a = 0; a < d; ++a) in_size[a] = axes[a].in_size;
+  PixelCoords(d, in_size, m0, &n, j);
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t gn = g * pb.batch + n;
     dst[i] = dx + (gn * pb.InSpatial()) * pb.in_ch;
@@ -435,11 +442,7 @@ void InputGradItem(const ConvProblem& pb, int64_t item) {
         for (int64_t a = d - 2; a >= 0 && ++k[a] == axes[a].kernel_size; --a) k[a] = 0;
       }
     }
-    for (int64_t a = d - 1; a >= 0; --a) {  // next pixel
-      if (++j[a] < axes[a].in_size) break;
-      j[a] = 0;
-      if (a == 0) ++n;
-    }
+    NextPixel(d, in_size, &n, j);
   }
   const Acc* wt = static_cast<const Acc*>(pb.packed.get()) + g * taps * pb.out_ch * pb.packed_ld;
   GatherGemmBlock<T, U, Acc>(rows, taps, src.data(), tables.tap_k.data(), dst.data(), wt, pb.out_ch, pb.in_ch,

@@ -110,7 +110,8 @@ def kernel_channels(w_shape, kernel_flipped):
 
 
 def canonical_kernel(w, kernel_flipped):
-  """A kernel in the canonical layout (a copy when flipped)."""
+  """A kernel in the canonical layout (a copy when flipped). Reversing the spatial axes and swapping the two
+  channel axes commute and undo themselves, so the same call also takes a canonical kernel to the flipped one."""
   if not kernel_flipped:
     return w
   return jnp.flip(jnp.swapaxes(w, -1, -2), axis=tuple(range(1, w.ndim - 2)))
@@ -323,7 +324,7 @@ def _canonical_call(target, a, b, *, kernel_flipped, **params):
   if target == _ext.INPUT_GRAD:
     return conv_transpose_input_grad_p.bind(a, canonical_kernel(b, True), kernel_flipped=False, **params)
   dw = conv_transpose_weight_grad_p.bind(a, b, kernel_flipped=False, **params)
-  return jnp.flip(jnp.swapaxes(dw, -1, -2), axis=tuple(range(1, dw.ndim - 2)))
+  return canonical_kernel(dw, True)  # the permutation is its own inverse: back to the flipped layout
 
 
 def _lax_dimension_numbers(d):
