@@ -14,6 +14,7 @@
 
 #include "common/conv_shape.h"
 #include "common/phase_geometry.h"
+#include "cpu/buffer_cache.h"
 
 namespace jaxseg::cpu {
 
@@ -36,7 +37,7 @@ struct ConvProblem : ConvShape {
 
   // Filled by Prepare(): packed weights and a zero row (what a tap reads where it meets padding), the number of
   // independent work items, and the chunk length of the last spatial axis.
-  AlignedBuffer packed;
+  CachedBuffer packed;                     // taken from, and handed back to, the buffer cache
   AlignedBuffer zeros;
   int64_t packed_ld = 0;
   int64_t num_items = 0;

@@ -13,6 +13,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "common/phase_geometry.h"
+#include "cpu/buffer_cache.h"
 #include "cpu/handlers.h"
 
 namespace nb = nanobind;
@@ -54,6 +55,8 @@ NB_MODULE(_jaxseg_cpu, m) {
     d["jaxseg_conv_transpose_weight_grad"] = Capsule(JaxsegCpuWeightGrad);
     return d;
   });
+  m.def("clear_buffer_cache", &jaxseg::cpu::ClearBufferCache, "Frees the packed-weight buffers kept between calls.");
+  m.def("buffer_cache_bytes", &jaxseg::cpu::BufferCacheBytes);
   m.def("selected_isa", []() { return std::string(jaxseg::cpu::SelectedIsa()); });
   m.def("effective_kernel_size", &jaxseg::EffectiveKernelSize, nb::arg("kernel"), nb::arg("dilation"));
   m.def("output_size", &jaxseg::OutputSize, nb::arg("in_size"), nb::arg("kernel"), nb::arg("stride"),

@@ -8,6 +8,12 @@ from jaxseg import _ext  # noqa: F401  (registers the custom-call targets)
 from jaxseg._conv import conv_transpose, torch_padding
 from jaxseg import linen, nnx  # noqa: E402  (flax modules: jaxseg.linen.ConvTranspose, jaxseg.nnx.ConvTranspose)
 
+
+def clear_cpu_buffer_cache() -> None:
+  """Frees the packed-kernel buffers the CPU kernels keep between calls (at most 8 buffers, 256 MiB)."""
+  _ext.cpu.clear_buffer_cache()
+
+
 __version__ = "0.1.0"
 
-__all__ = ["conv_transpose", "torch_padding", "linen", "nnx", "__version__"]
+__all__ = ["conv_transpose", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx", "__version__"]

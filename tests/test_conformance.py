@@ -219,6 +219,32 @@ def test_odd_output_sizes_have_no_extra_elements(rng):
   assert rel_err(out, want) < 1e-5
 
 
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("transpose_kernel", [False, True])
+def test_packed_weight_cache(rng, transpose_kernel):
+  """Packed weights of 1 MiB and more go through a buffer cache between calls: a call that takes a buffer last
+  filled for other weights of the same shape still gets its own result (forward and both gradients, against
+  float64), and the cache can be emptied. Power-of-two channels take the blocked packing of a strided kernel."""
+  from jaxseg import _ext
+  kw = dict(strides=(2, 2), padding="SAME", transpose_kernel=transpose_kernel)
+  x = rng.standard_normal((2, 5, 6, 128)).astype(np.float32)
+  shape = (4, 4, 256, 128) if transpose_kernel else (4, 4, 128, 256)  # 2 MiB packed
+  for _ in range(2):
+    w = rng.standard_normal(shape).astype(np.float32)
+    ct = rng.standard_normal(jaxseg.conv_transpose(x, w, **kw).shape).astype(np.float32)
+    out, vjp = jax.vjp(lambda x, w: jaxseg.conv_transpose(x, w, **kw), x, w)
+    got = [out, *vjp(jnp.asarray(ct))]
+    with x64():
+      x64_, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+      out64, vjp64 = jax.vjp(lambda x, w: lax.conv_transpose(x, w, **kw), x64_, w64)
+      want = [np.asarray(v) for v in (out64, *vjp64(np.asarray(ct, np.float64)))]
+    for a, b in zip(got, want):
+      assert rel_err(a, b) < 1e-5
+  assert _ext.cpu.buffer_cache_bytes() >= 2 << 20
+  jaxseg.clear_cpu_buffer_cache()
+  assert _ext.cpu.buffer_cache_bytes() == 0
+
+
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_randomized(data):
