@@ -481,28 +481,51 @@ struct Run {
   int64_t count;
 };
 
-// Loads CV vectors of b (only `cols` values valid, the rest zero) in the accumulation type.
-template <typename T, typename Acc, int CV>
+// Loads CV vectors of b in the accumulation type: all of them (kWide), or only `cols` values with the rest zero.
+template <typename T, typename Acc, int CV, bool kWide>
 inline void LoadColumns(typename Vec<Acc>::type (&v)[CV], const T* b, int cols) {
   constexpr int kMax = CV * Vec<Acc>::kWidth;
   if constexpr (std::is_same_v<T, Acc>) {
-    if (cols == kMax) {
+    if (kWide || cols == kMax) {
       std::memcpy(v, b, sizeof(v));
       return;
     }
   }
   Acc tmp[kMax] = {};
-  for (int c = 0; c < cols; ++c) tmp[c] = ToAcc<Acc>(b[c]);
+  if constexpr (kWide) {
+    for (int c = 0; c < kMax; ++c) tmp[c] = ToAcc<Acc>(b[c]);
+  } else {
+    for (int c = 0; c < cols; ++c) tmp[c] = ToAcc<Acc>(b[c]);
+  }
   std::memcpy(v, tmp, sizeof(v));
 }
 
-// acc[i][:] += a[lane i] * b[0:R*width] over every pixel of every run; a and b advance by a_step / b_step.
-// Rows past `nrows` repeat the last valid row (kFullRows false), so the loop has no branch.
+// acc[i][:] += a[lane i] * b[0:CV*width] over the `count` pixels of one run; a and b advance by a_step / b_step.
+// Rows past `nrows` repeat the last valid row (kFullRows false), so the loop has no branch. A narrow column tile
+// (ncols below the tile) is read whole where that stays inside b's array (kWide): the lanes past ncols then hold
+// the next pixel's channels, which are summed but never stored.
+template <typename T, typename Acc, int R, int CV, bool kFullRows, bool kWide>
+inline void AccumulateRun(typename Vec<Acc>::type (&r)[R][CV], const T* ap, const T* bp, int64_t count,
+                          int64_t a_step, int64_t b_step, const int64_t (&lane)[R], int ncols) {
+  using V = typename Vec<Acc>::type;
+  for (int64_t p = 0; p < count; ++p, ap += a_step, bp += b_step) {
+    V bv[CV];
+    LoadColumns<T, Acc, CV, kWide>(bv, bp, ncols);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const Acc a = ToAcc<Acc>(ap[kFullRows ? i : lane[i]]);
+#pragma GCC unroll 4
+      for (int c = 0; c < CV; ++c) r[i][c] += bv[c] * a;
+    }
+  }
+}
+
 template <typename T, typename Acc, int R, int CV, bool kFullRows>
 inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const Run* runs_begin, const Run* runs_end,
-                           bool rows_from_x, const T* x, const T* dy, int64_t x_step, int64_t dy_step, int nrows,
-                           int ncols) {
+                           bool rows_from_x, const T* x, const T* dy, const T* b_end, int64_t x_step,
+                           int64_t dy_step, int nrows, int ncols) {
   using V = typename Vec<Acc>::type;
+  constexpr int kMax = CV * Vec<Acc>::kWidth;
   V r[R][CV];
   for (int i = 0; i < R; ++i)
     for (int c = 0; c < CV; ++c) r[i][c] = acc[i][c];
@@ -510,20 +533,13 @@ inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const Run* run
   for (int i = 0; i < R; ++i) lane[i] = kFullRows ? i : std::min(i, nrows - 1);
   const int64_t a_step = rows_from_x ? x_step : dy_step;
   const int64_t b_step = rows_from_x ? dy_step : x_step;
-  for (const Run* run_it = runs_begin; run_it != runs_end; ++run_it) {
-    const Run& run = *run_it;
-    const T* ap = rows_from_x ? x + run.x_off : dy + run.dy_off;
-    const T* bp = rows_from_x ? dy + run.dy_off : x + run.x_off;
-    for (int64_t p = 0; p < run.count; ++p, ap += a_step, bp += b_step) {
-      V bv[CV];
-      LoadColumns<T, Acc, CV>(bv, bp, ncols);
-#pragma GCC unroll 16
-      for (int i = 0; i < R; ++i) {
-        const Acc a = ToAcc<Acc>(ap[kFullRows ? i : lane[i]]);
-#pragma GCC unroll 4
-        for (int c = 0; c < CV; ++c) r[i][c] += bv[c] * a;
-      }
-    }
+  for (const Run* run = runs_begin; run != runs_end; ++run) {
+    const T* ap = rows_from_x ? x + run->x_off : dy + run->dy_off;
+    const T* bp = rows_from_x ? dy + run->dy_off : x + run->x_off;
+    if (ncols == kMax || b_end - (bp + (run->count - 1) * b_step) >= kMax)
+      AccumulateRun<T, Acc, R, CV, kFullRows, true>(r, ap, bp, run->count, a_step, b_step, lane, ncols);
+    else
+      AccumulateRun<T, Acc, R, CV, kFullRows, false>(r, ap, bp, run->count, a_step, b_step, lane, ncols);
   }
   for (int i = 0; i < R; ++i)
     for (int c = 0; c < CV; ++c) acc[i][c] = r[i][c];
@@ -583,6 +599,9 @@ void WeightGradTile(const ConvProblem& pb, int64_t item) {
   PixelStrides(axes, true, in_stride);
   PixelStrides(axes, false, out_stride);
   const int64_t x_step = pb.in_ch, dy_step = axes[last].stride * pb.out_ch;
+  // The end of the array the columns come from (no vector read may pass it).
+  const T* b_end = rows_from_x ? static_cast<const T*>(pb.b) + pb.groups * pb.batch * pb.OutSpatial() * pb.out_ch
+                               : static_cast<const T*>(pb.a) + pb.groups * pb.batch * pb.InSpatial() * pb.in_ch;
 
   thread_local std::vector<V> sums;  // (tap, row tile, column tile) register tiles
   sums.assign(static_cast<size_t>(taps * row_tiles * col_tiles * tile_vecs), V{});
@@ -626,10 +645,10 @@ void WeightGradTile(const ConvProblem& pb, int64_t item) {
           const T* dyc = rows_from_x ? dy + c0 : dy;
           if (nrows == R)
             AccumulateRuns<T, Acc, R, CV, true>(acc, runs.data(), runs.data() + runs.size(), rows_from_x, xc, dyc,
-                                                x_step, dy_step, nrows, ncols);
+                                                b_end, x_step, dy_step, nrows, ncols);
           else
             AccumulateRuns<T, Acc, R, CV, false>(acc, runs.data(), runs.data() + runs.size(), rows_from_x, xc,
-                                                 dyc, x_step, dy_step, nrows, ncols);
+                                                 dyc, b_end, x_step, dy_step, nrows, ncols);
         }
       }
     }

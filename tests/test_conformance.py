@@ -125,6 +125,27 @@ def test_wide_channels_and_tiles(rng):
   run_case(rng, (5, 5, 3), (2, 3, 2), (2, 2, 1), "SAME", batch=2, cin=64, cout=3)
 
 
+@pytest.mark.parametrize("lhs_shape,rhs_shape,strides,padding", [
+    ((3, 9, 37, 37), (3, 4, 37, 70), (2, 2), "SAME"),
+    ((2, 41, 19), (16, 19, 33), (8,), [(11, 11)]),
+    ((2, 11, 13, 70), (4, 4, 70, 37), (2, 2), [(2, 2), (1, 3)]),
+    ((3, 7, 6, 37), (4, 3, 37, 2), (2, 3), [(2, 1), (-1, 2)]),
+])
+def test_wide_channels_gradients(rng, lhs_shape, rhs_shape, strides, padding):
+  """Gradients where the column tiles are partial: the weight gradient reads a partial tile as whole vectors
+  wherever that stays inside the array (the extra lanes are never stored), element by element at its end."""
+  x = rng.standard_normal(lhs_shape).astype(np.float32)
+  w = rng.standard_normal(rhs_shape).astype(np.float32)
+  kw = dict(strides=strides, padding=padding)
+  ct = rng.standard_normal(jaxseg.conv_transpose(x, w, **kw).shape).astype(np.float32)
+  got = jax.vjp(lambda x, w: jaxseg.conv_transpose(x, w, **kw), x, w)[1](jnp.asarray(ct))
+  with x64():
+    want = jax.vjp(lambda x, w: lax.conv_transpose(x, w, **kw), np.asarray(x, np.float64),
+                   np.asarray(w, np.float64))[1](np.asarray(ct, np.float64))
+  for a, b in zip(got, want):
+    assert rel_err(a, np.asarray(b)) < 1e-5
+
+
 def test_no_spatial_dims(rng):
   lhs = rng.standard_normal((3, 7)).astype(np.float32)
   rhs = rng.standard_normal((7, 5)).astype(np.float32)
