@@ -2,9 +2,10 @@
 
 For every layer of the suite (default: the transposed-convolution layers of real generative models shipped as
 `jaxseg/bench/layers.json`) and every pass (forward `fwd`, input gradient `dx`, weight gradient `dw`), it times
-each implementation jitted and warmed up, as the median of repeated runs, all in one process, and prints ms,
-useful GFLOP/s, the speed-up of jaxseg over each peer, the fraction of the machine's sgemm rate (measured in the
-same run) and the compiled temp memory of jaxseg and XLA.
+each implementation jitted and warmed up, as the median of repeated calls taken in interleaved rounds (so the
+machine's drifts reach every implementation alike), all in one process, and prints ms, useful GFLOP/s, the
+speed-up of jaxseg over each peer, the fraction of the machine's sgemm rate (measured in the same run) and the
+compiled temp memory of jaxseg and XLA.
 
 JSON schema (`--json FILE`)::
 
@@ -24,6 +25,7 @@ JSON schema (`--json FILE`)::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -98,22 +100,45 @@ def _pass_fn(f, which):
   return lambda x, w, ct: jax.vjp(lambda w: f(x, w), w)[1](ct)[0]
 
 
-def _time(fn, repeats, budget_s):
-  """Median seconds of `fn()` (which blocks) after one warm-up; at least 3 runs, at most `repeats`."""
-  fn()
-  times = []
-  start = time.perf_counter()
-  while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+def _time(fns, rounds, budget_s, slice_s=0.02):
+  """Median seconds per call of each of `fns` (name -> callable that blocks until its result is ready).
+
+  Timed in rounds: a round times every implementation back to back, each for a few calls (about `slice_s`),
+  starting from a different one each round, so a drift of the machine's speed (these machines move 10-15 %, at
+  times far more, within a run) reaches all of them alike instead of one. At least 3 rounds, at most `rounds`,
+  and none begun once `budget_s` per implementation has passed. The first call of each is a warm-up.
+  """
+  names = list(fns)
+  calls = {}
+  for name in names:
     t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+    fns[name]()
+    calls[name] = max(1, min(50, int(slice_s / max(time.perf_counter() - t0, 1e-6))))
+  times = {name: [] for name in names}
+  gc_enabled = gc.isenabled()
+  gc.collect()
+  gc.disable()  # a collection inside one call would be charged to that implementation alone
+  try:
+    start = time.perf_counter()
+    for r in range(rounds):
+      if r >= 3 and time.perf_counter() - start > budget_s * len(names):
+        break
+      for i in range(len(names)):
+        name = names[(r + i) % len(names)]
+        for _ in range(calls[name]):
+          t0 = time.perf_counter()
+          fns[name]()
+          times[name].append(time.perf_counter() - t0)
+  finally:
+    if gc_enabled:
+      gc.enable()
+  return {name: statistics.median(v) for name, v in times.items()}
 
 
 def matmul_gflops(dtype, device, size=2048, repeats=10):
   a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype), device)
   f = jax.jit(lambda a, b: a @ b)
-  t = _time(lambda: f(a, a).block_until_ready(), repeats, 2.0)
+  t = _time({"matmul": lambda: f(a, a).block_until_ready()}, repeats, 2.0)["matmul"]
   return 2 * size**3 / t / 1e9
 
 
@@ -195,10 +220,9 @@ def run(args):
     ct = jax.device_put(jnp.asarray(rng.standard_normal(y_shape), dtype), device)
     tfns = _torch_fns(layer, args.dtype, args.device, torch) if torch is not None and n <= 3 else None
     for which in passes:
-      ms, temp, xla_ops = {}, {}, None
+      temp, xla_ops, timed = {}, None, {}
       for impl in ("jaxseg", "xla", "naive"):
         if impl not in args.impls:
-          ms[impl] = None
           continue
         compiled = jax.jit(_pass_fn(fns[impl], which)).lower(x, w, ct).compile()
         mem = compiled.memory_analysis()
@@ -206,8 +230,11 @@ def run(args):
         if impl == "xla":  # what XLA made of it: its convolution, or on GPU which cuDNN call
           xla_ops = sorted(set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())) or
                            ({"convolution"} if re.search(r"\bconvolution\(", compiled.as_text()) else set()))
-        ms[impl] = 1e3 * _time(lambda: jax.block_until_ready(compiled(x, w, ct)), args.repeats, args.budget)
-      ms["torch"] = 1e3 * _time(tfns[which], args.repeats, args.budget) if tfns else None
+        timed[impl] = lambda compiled=compiled: jax.block_until_ready(compiled(x, w, ct))
+      if tfns:
+        timed["torch"] = tfns[which]
+      medians = _time(timed, args.repeats, args.budget)
+      ms = {impl: (1e3 * medians[impl] if impl in medians else None) for impl in IMPLS}
       gflop = layer_gflop(layer)
       gflops = gflop / (ms["jaxseg"] / 1e3) if ms.get("jaxseg") else None
       speed = {f"speedup_vs_{p}": (ms[p] / ms["jaxseg"] if ms.get(p) and ms.get("jaxseg") else None)
@@ -283,7 +310,8 @@ def _fmt(v, spec):
   return format(v, spec) if v is not None else format("-", ">" + spec.split(".")[0])
 
 
-def print_table(result, out=sys.stdout):
+def print_table(result, out=None):
+  out = out or sys.stdout  # looked up per call, so a redirected stdout is honoured
   m = result["machine"]
   print(f"jaxseg bench: {m['device']} ({m['cpu']}, {m['cores']} cores, kernels {m['isa']}), "
         f"{result['config']['dtype']}, jax {result['versions']['jax']}, torch {result['versions']['torch']}; "
@@ -345,8 +373,10 @@ def main(argv=None):
   p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
   p.add_argument("--flax-kernel", dest="transpose_kernel", action="store_false",
                  help="time transpose_kernel=False (Flax's default) instead of PyTorch's orientation")
-  p.add_argument("--repeats", type=int, default=10, help="at most this many timed runs (at least 3)")
-  p.add_argument("--budget", type=float, default=1.0, help="seconds of timed runs per measurement beyond 3")
+  p.add_argument("--repeats", type=int, default=15,
+                 help="at most this many timing rounds (at least 3); each round times every implementation in turn")
+  p.add_argument("--budget", type=float, default=1.0,
+                 help="seconds of timing per implementation and row, after which no round begins (beyond 3)")
   p.add_argument("--json", help="write the results here")
   p.add_argument("--plot", help="write a PNG of grouped speed-up bars here")
   p.add_argument("--no-progress", action="store_true")
