@@ -100,13 +100,17 @@ def _pass_fn(f, which):
   return lambda x, w, ct: jax.vjp(lambda w: f(x, w), w)[1](ct)[0]
 
 
-def _time(fns, rounds, budget_s, slice_s=0.02):
+def _time(fns, rounds, budget_s, slice_s=0.02, gap_s=0.005):
   """Median seconds per call of each of `fns` (name -> callable that blocks until its result is ready).
 
-  Timed in rounds: a round times every implementation back to back, each for a few calls (about `slice_s`),
+  Timed in rounds: a round times every implementation in turn, each for a few calls (about `slice_s`),
   starting from a different one each round, so a drift of the machine's speed (these machines move 10-15 %, at
   times far more, within a run) reaches all of them alike instead of one. At least 3 rounds, at most `rounds`,
   and none begun once `budget_s` per implementation has passed. The first call of each is a warm-up.
+
+  Between two implementations the machine idles for `gap_s`: PyTorch's OpenMP workers spin on the cores for a
+  while after each call, and an implementation timed right then pays for it (a 24 ms jaxseg call took 26-29 ms
+  right after a PyTorch call, 24 ms from 1 ms after).
   """
   names = list(fns)
   calls = {}
@@ -125,6 +129,7 @@ def _time(fns, rounds, budget_s, slice_s=0.02):
         break
       for i in range(len(names)):
         name = names[(r + i) % len(names)]
+        time.sleep(gap_s)
         for _ in range(calls[name]):
           t0 = time.perf_counter()
           fns[name]()
