@@ -32,6 +32,10 @@ constexpr int kColVecs = JAXSEG_COL_VECS;
 
 typedef float VecF32 __attribute__((vector_size(64)));
 typedef double VecF64 __attribute__((vector_size(64)));
+// The same vectors at any element address (loads compile to unaligned moves). Not usable as template arguments,
+// which drop the alignment attribute: LoadUnaligned picks one.
+typedef float VecF32U __attribute__((vector_size(64), aligned(4)));
+typedef double VecF64U __attribute__((vector_size(64), aligned(8)));
 
 template <typename Acc>
 struct Vec {
@@ -39,6 +43,29 @@ struct Vec {
   static constexpr int kWidth = 64 / sizeof(Acc);
   static constexpr int kCols = kColVecs * kWidth;
 };
+
+template <typename Acc>
+inline typename Vec<Acc>::type LoadUnaligned(const Acc* p) {
+  if constexpr (std::is_same_v<Acc, double>) {
+    return *reinterpret_cast<const VecF64U*>(p);
+  } else {
+    return *reinterpret_cast<const VecF32U*>(p);
+  }
+}
+
+// One vector of the accumulation type from W consecutive stored elements at any address.
+template <typename T, typename Acc>
+inline typename Vec<Acc>::type LoadVector(const T* p) {
+  if constexpr (std::is_same_v<T, Acc>) {
+    return LoadUnaligned<Acc>(p);
+  } else {
+    Acc tmp[Vec<Acc>::kWidth];
+    for (int e = 0; e < Vec<Acc>::kWidth; ++e) tmp[e] = ToAcc<Acc>(p[e]);
+    typename Vec<Acc>::type v;
+    std::memcpy(&v, tmp, sizeof(v));
+    return v;
+  }
+}
 
 template <typename U, typename Acc>
 inline void StoreTile(const typename Vec<Acc>::type (&acc)[kRows][kColVecs], U* const (&dst)[kRows], int rows,
@@ -243,11 +270,7 @@ void NarrowBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t*
         const Acc* panel = tap_panels + tile * C * kcols;
         for (int v = 0; v < kColVecs; ++v) {
           V xv[kNarrowRows];
-          for (int i = 0; i < kNarrowRows; ++i) {
-            Acc tmp[W];
-            for (int e = 0; e < W; ++e) tmp[e] = ToAcc<Acc>(rp[i][tile * kcols + v * W + e]);
-            std::memcpy(&xv[i], tmp, sizeof(V));
-          }
+          for (int i = 0; i < kNarrowRows; ++i) xv[i] = LoadVector<T, Acc>(rp[i] + tile * kcols + v * W);
 #pragma GCC unroll 4
           for (int c = 0; c < C; ++c) {
             const V wv = *reinterpret_cast<const V*>(panel + c * kcols + v * W);
@@ -485,18 +508,13 @@ struct Run {
 template <typename T, typename Acc, int CV, bool kWide>
 inline void LoadColumns(typename Vec<Acc>::type (&v)[CV], const T* b, int cols) {
   constexpr int kMax = CV * Vec<Acc>::kWidth;
-  if constexpr (std::is_same_v<T, Acc>) {
-    if (kWide || cols == kMax) {
-      std::memcpy(v, b, sizeof(v));
-      return;
-    }
+  if (kWide || cols == kMax) {
+    // Vector loads, not a memcpy into `v`: GCC kept the memcpy's copy in memory (a store per vector).
+    for (int c = 0; c < CV; ++c) v[c] = LoadVector<T, Acc>(b + c * Vec<Acc>::kWidth);
+    return;
   }
   Acc tmp[kMax] = {};
-  if constexpr (kWide) {
-    for (int c = 0; c < kMax; ++c) tmp[c] = ToAcc<Acc>(b[c]);
-  } else {
-    for (int c = 0; c < cols; ++c) tmp[c] = ToAcc<Acc>(b[c]);
-  }
+  for (int c = 0; c < cols; ++c) tmp[c] = ToAcc<Acc>(b[c]);
   std::memcpy(v, tmp, sizeof(v));
 }
 
@@ -563,7 +581,7 @@ inline bool WeightGradFewRows(const ConvProblem& pb) {
 }
 
 template <typename T, typename U, typename Acc, int R, int CV>
-void WeightGradTile(const ConvProblem& pb, int64_t item) {
+void WeightGradTile(const ConvProblem& pb, int64_t item, int64_t worker) {
   using V = typename Vec<Acc>::type;
   constexpr int64_t kTileCols = CV * Vec<Acc>::kWidth;
   constexpr int64_t kBlock = R * kWgradRowTiles;
@@ -603,8 +621,9 @@ void WeightGradTile(const ConvProblem& pb, int64_t item) {
   const T* b_end = rows_from_x ? static_cast<const T*>(pb.b) + pb.groups * pb.batch * pb.OutSpatial() * pb.out_ch
                                : static_cast<const T*>(pb.a) + pb.groups * pb.batch * pb.InSpatial() * pb.in_ch;
 
-  thread_local std::vector<V> sums;  // (tap, row tile, column tile) register tiles
-  sums.assign(static_cast<size_t>(taps * row_tiles * col_tiles * tile_vecs), V{});
+  // (tap, row tile, column tile) register tiles, in this worker's scratch (sized by WeightGradScratchBytes).
+  V* sums = static_cast<V*>(pb.Scratch(worker));
+  std::fill(sums, sums + taps * row_tiles * col_tiles * tile_vecs, V{});
   thread_local std::vector<Run> runs;
   for (int64_t l0 = 0; l0 < lines; l0 += chunk_lines) {
     const int64_t l1 = std::min(lines, l0 + chunk_lines);
@@ -677,15 +696,27 @@ void WeightGradTile(const ConvProblem& pb, int64_t item) {
 }
 
 template <typename T, typename U, typename Acc>
-void WeightGradItem(const ConvProblem& pb, int64_t item) {
-  if (!WeightGradFewRows(pb)) return WeightGradTile<T, U, Acc, kRows, kColVecs>(pb, item);
+void WeightGradItem(const ConvProblem& pb, int64_t item, int64_t worker) {
+  if (!WeightGradFewRows(pb)) return WeightGradTile<T, U, Acc, kRows, kColVecs>(pb, item, worker);
   // A tile exactly as tall as the row channels: no FMA on a repeated row.
   switch (WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch) {
-    case 1: return WeightGradTile<T, U, Acc, 1, kFewColVecs>(pb, item);
-    case 2: return WeightGradTile<T, U, Acc, 2, kFewColVecs>(pb, item);
-    case 3: return WeightGradTile<T, U, Acc, 3, kFewColVecs>(pb, item);
-    default: return WeightGradTile<T, U, Acc, kFewRows, kFewColVecs>(pb, item);
+    case 1: return WeightGradTile<T, U, Acc, 1, kFewColVecs>(pb, item, worker);
+    case 2: return WeightGradTile<T, U, Acc, 2, kFewColVecs>(pb, item, worker);
+    case 3: return WeightGradTile<T, U, Acc, 3, kFewColVecs>(pb, item, worker);
+    default: return WeightGradTile<T, U, Acc, kFewRows, kFewColVecs>(pb, item, worker);
   }
+}
+
+// The most bytes of register tiles one weight-gradient item keeps (WeightGradTile's `sums`), for any tile shape.
+template <typename Acc>
+int64_t WeightGradScratchBytes(const ConvProblem& pb) {
+  int64_t taps = 0;
+  for (const PhaseND& p : pb.phases) taps = std::max<int64_t>(taps, static_cast<int64_t>(p.taps.size()));
+  const int64_t col_ch = WeightGradRowsFromX(pb) ? pb.out_ch : pb.in_ch;
+  const int64_t min_cols = std::min(kColVecs, kFewColVecs) * Vec<Acc>::kWidth;
+  const int64_t tile_vecs = std::max(kRows * kColVecs, kFewRows * kFewColVecs);
+  return taps * kWgradRowTiles * ((col_ch + min_cols - 1) / min_cols) * tile_vecs *
+         static_cast<int64_t>(sizeof(typename Vec<Acc>::type));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -762,14 +793,16 @@ bool PrepareTyped(ConvProblem& pb) {
       const int64_t block = (WeightGradFewRows(pb) ? kFewRows : kRows) * kWgradRowTiles;
       const int64_t blocks = std::max<int64_t>(1, (rows + block - 1) / block);
       pb.num_items = pb.groups * static_cast<int64_t>(pb.phases.size()) * blocks;
-      return true;
+      pb.scratch_bytes = RoundUp(std::max<int64_t>(WeightGradScratchBytes<Acc>(pb), 64), 64);
+      pb.scratch = AcquireBuffer(pb.workers * pb.scratch_bytes);
+      return pb.scratch != nullptr;
     }
   }
   return false;
 }
 
 template <typename T, typename U>
-void RunTyped(const ConvProblem& pb, int64_t begin, int64_t end) {
+void RunTyped(const ConvProblem& pb, int64_t begin, int64_t end, int64_t worker) {
   using Acc = AccFor<T>;
   for (int64_t i = begin; i < end; ++i) {
     switch (pb.pass) {
@@ -780,7 +813,7 @@ void RunTyped(const ConvProblem& pb, int64_t begin, int64_t end) {
         InputGradItem<T, U, Acc>(pb, i);
         break;
       case Pass::kWeightGrad:
-        WeightGradItem<T, U, Acc>(pb, i);
+        WeightGradItem<T, U, Acc>(pb, i, worker);
         break;
     }
   }
@@ -808,11 +841,13 @@ struct PrepareFn {
 };
 template <typename T, typename U>
 struct RunFn {
-  static void Call(const ConvProblem& pb, int64_t b, int64_t e) { RunTyped<T, U>(pb, b, e); }
+  static void Call(const ConvProblem& pb, int64_t b, int64_t e, int64_t w) { RunTyped<T, U>(pb, b, e, w); }
 };
 
 bool Prepare(ConvProblem& pb) { return DispatchTypes<PrepareFn>(pb, pb); }
-void Run(const ConvProblem& pb, int64_t begin, int64_t end) { DispatchTypes<RunFn>(pb, pb, begin, end); }
+void Run(const ConvProblem& pb, int64_t begin, int64_t end, int64_t worker) {
+  DispatchTypes<RunFn>(pb, pb, begin, end, worker);
+}
 
 }  // namespace
 

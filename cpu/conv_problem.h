@@ -49,15 +49,21 @@ struct ConvProblem : ConvShape {
   std::vector<int64_t> interior_begin;     // input grad: per axis, the inputs every tap links with an output
   std::vector<int64_t> interior_end;
   std::vector<int64_t> tap_shift;          // input grad: per tap, its output's offset from tap 0's there
+  int64_t workers = 1;                     // set before Prepare(): the most items Run() computes at once
+  CachedBuffer scratch;                    // weight grad: one 64-byte-aligned slot per worker
+  int64_t scratch_bytes = 0;               // bytes per slot
+
+  void* Scratch(int64_t worker) const { return static_cast<char*>(scratch.get()) + worker * scratch_bytes; }
 
 };
 
 // One build of the kernels for one instruction set. Prepare() packs weights and sizes the work; Run() computes
-// items [begin, end) and may be called from several threads at once on disjoint ranges.
+// items [begin, end) and may be called from several threads at once on disjoint ranges, each with its own
+// worker index in [0, problem.workers).
 struct KernelSet {
   const char* isa;
   bool (*prepare)(ConvProblem& problem);
-  void (*run)(const ConvProblem& problem, int64_t begin, int64_t end);
+  void (*run)(const ConvProblem& problem, int64_t begin, int64_t end, int64_t worker);
 };
 
 namespace generic {

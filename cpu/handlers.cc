@@ -68,22 +68,21 @@ ffi::Future ParallelRun(ffi::ThreadPool& pool, std::shared_ptr<const ConvProblem
                         const KernelSet& kernels) {
   const int64_t n = problem->num_items;
   if (n <= 0) return Done();
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(n, pool.num_threads()));
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(n, problem->workers));
   ffi::CountDownPromise done(workers);
   ffi::Future future(done);
   auto next = std::make_shared<std::atomic<int64_t>>(0);
-  auto work = [problem, next, done, run = kernels.run, n]() mutable {
+  auto work = [problem, next, done, run = kernels.run, n](int64_t worker) mutable {
     for (int64_t i = next->fetch_add(1, std::memory_order_relaxed); i < n;
          i = next->fetch_add(1, std::memory_order_relaxed)) {
-      run(*problem, i, i + 1);
+      run(*problem, i, i + 1, worker);
     }
     done.CountDown();
   };
   for (int64_t w = 1; w < workers; ++w) {
-    auto task = work;
-    pool.Schedule(std::move(task));
+    pool.Schedule([work, w]() mutable { work(w); });
   }
-  work();
+  work(0);
   return future;
 }
 
@@ -121,6 +120,7 @@ ffi::Future Execute(Pass pass, ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::
     return Failed(std::move(err));
   if (res->element_count() == 0) return Done();
   static const KernelSet& kernels = ChooseKernels();
+  pb->workers = std::max<int64_t>(1, pool.num_threads());
   if (!kernels.prepare(*pb)) return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxseg: out of memory"));
   return ParallelRun(pool, std::move(pb), kernels);
 }
