@@ -204,11 +204,48 @@ inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][kColVecs], const T*
     for (int c = 0; c < kColVecs; ++c) acc[i][c] = r[i][c];
 }
 
+// Rows near the border read the zero row for some taps, and a register tile spends FMAs on a tap unless all of its
+// rows skip it; on 7x7 inputs that was about 14 % of the forward's FMAs. Ordering the block's rows by the set of
+// taps they read (rows that read all taps first) gives most tiles rows with one set, so whole tiles skip their
+// missing taps. The order of a block's rows is free: each row carries its own destination. Not worth it where a
+// tap costs a tile few FMAs (depth x columns small: the 1-channel input gradient of ebgan-mnist-g2 was 35 % slower).
+template <typename T, typename U>
+void GroupRowsByTaps(int64_t rows, int64_t taps, int64_t work_per_tap, const T* const*& src, U* const*& dst,
+                     const T* zero) {
+  if (taps > 64 || work_per_tap < 4096) return;
+  thread_local std::vector<uint64_t> key;
+  key.resize(rows);
+  bool mixed = false;
+  const uint64_t all = taps == 64 ? ~uint64_t{0} : (uint64_t{1} << taps) - 1;
+  for (int64_t i = 0; i < rows; ++i) {
+    uint64_t k = 0;
+    for (int64_t t = 0; t < taps; ++t) k |= uint64_t{src[i * taps + t] != zero} << t;
+    key[i] = k;
+    mixed |= k != all;
+  }
+  if (!mixed) return;
+  thread_local std::vector<int64_t> order;
+  order.resize(rows);
+  for (int64_t i = 0; i < rows; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key[a] > key[b]; });
+  thread_local std::vector<const T*> sorted_src;
+  thread_local std::vector<U*> sorted_dst;
+  sorted_src.resize(rows * taps);
+  sorted_dst.resize(rows);
+  for (int64_t i = 0; i < rows; ++i) {
+    std::copy(src + order[i] * taps, src + (order[i] + 1) * taps, sorted_src.begin() + i * taps);
+    sorted_dst[i] = dst[order[i]];
+  }
+  src = sorted_src.data();
+  dst = sorted_dst.data();
+}
+
 template <typename T, typename U, typename Acc>
 void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t* tap_k, U* const* dst,
                      const Acc* w, int64_t depth, int64_t ncols, int64_t ld, const T* zero) {
   using V = typename Vec<Acc>::type;
   const int64_t kcols = Vec<Acc>::kCols;
+  GroupRowsByTaps(rows, taps, depth * ncols, src, dst, zero);
   // Tap t's panel for column tile c0 starts at w + (t * tiles + c0 / kcols) * depth * kcols (see PackWeights).
   const int64_t tap_stride = ld * depth;
   for (int64_t c0 = 0; c0 < ncols; c0 += kcols) {

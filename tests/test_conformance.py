@@ -130,18 +130,24 @@ def test_wide_channels_and_tiles(rng):
     ((2, 41, 19), (16, 19, 33), (8,), [(11, 11)]),
     ((2, 11, 13, 70), (4, 4, 70, 37), (2, 2), [(2, 2), (1, 3)]),
     ((3, 7, 6, 37), (4, 3, 37, 2), (2, 3), [(2, 1), (-1, 2)]),
+    # Enough channels that blocks order their rows by the taps they read (border rows apart).
+    ((2, 4, 5, 3, 64), (3, 4, 2, 64, 72), (2, 2, 2), "SAME"),
+    ((2, 9, 80), (5, 80, 64), (3,), [(1, 2)]),
 ])
 def test_wide_channels_gradients(rng, lhs_shape, rhs_shape, strides, padding):
-  """Gradients where the column tiles are partial: the weight gradient reads a partial tile as whole vectors
-  wherever that stays inside the array (the extra lanes are never stored), element by element at its end."""
+  """Forward and gradients where the column tiles are partial: the weight gradient reads a partial tile as whole
+  vectors wherever that stays inside the array (the extra lanes are never stored), element by element at its
+  end."""
   x = rng.standard_normal(lhs_shape).astype(np.float32)
   w = rng.standard_normal(rhs_shape).astype(np.float32)
   kw = dict(strides=strides, padding=padding)
   ct = rng.standard_normal(jaxseg.conv_transpose(x, w, **kw).shape).astype(np.float32)
-  got = jax.vjp(lambda x, w: jaxseg.conv_transpose(x, w, **kw), x, w)[1](jnp.asarray(ct))
+  out, vjp = jax.vjp(lambda x, w: jaxseg.conv_transpose(x, w, **kw), x, w)
+  got = [out, *vjp(jnp.asarray(ct))]
   with x64():
-    want = jax.vjp(lambda x, w: lax.conv_transpose(x, w, **kw), np.asarray(x, np.float64),
-                   np.asarray(w, np.float64))[1](np.asarray(ct, np.float64))
+    out64, vjp64 = jax.vjp(lambda x, w: lax.conv_transpose(x, w, **kw), np.asarray(x, np.float64),
+                           np.asarray(w, np.float64))
+    want = [out64, *vjp64(np.asarray(ct, np.float64))]
   for a, b in zip(got, want):
     assert rel_err(a, np.asarray(b)) < 1e-5
 
