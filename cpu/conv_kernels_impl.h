@@ -603,15 +603,22 @@ inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const Run* run
 // Rows are output channels (and columns input channels) when that fills the vectors better.
 inline bool WeightGradRowsFromX(const ConvProblem& pb) { return !(pb.out_ch < pb.in_ch && pb.out_ch < 16); }
 
-// The weight-gradient tile: kRows x kColVecs vectors, or, when there are only a few row channels (a layer with
-// 1-3 output channels), as many rows as there are (at most kFewRows) x kFewColVecs vectors, so no FMA is spent
-// on a repeated row.
+// The weight-gradient tile: kWgRows x kWgColVecs vectors (the forward's shape; 6x4, 12x2 and 8x3 were no faster),
+// or, when there are only a few row channels (a layer with 1-3 output channels), as many rows as there are (at
+// most kFewRows) x kFewColVecs vectors, so no FMA is spent on a repeated row.
+constexpr int kWgRows = kRows;
+constexpr int kWgColVecs = kColVecs;
 constexpr int kFewRows = 4;
 constexpr int kFewColVecs = 16 / kFewRows;
 // An item owns this many register tiles of row channels and walks the pixels in chunks of about kChunkPixels,
 // updating all of its tiles from each chunk while the chunk's activations are in cache.
 constexpr int64_t kWgradRowTiles = 8;
 constexpr int64_t kChunkPixels = 128;
+// Work items per thread that the weight gradient aims for, and the most bytes of register tiles its parts keep.
+constexpr int64_t kItemsPerWorker = 8;
+constexpr int64_t kMaxPartialBytes = int64_t{64} << 20;
+// The fewest multiply-adds (about) worth a part of its own: below, the split costs more than it balances.
+constexpr double kMinPartMacs = 1 << 22;
 
 inline bool WeightGradFewRows(const ConvProblem& pb) {
   return (WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch) <= kFewRows;
@@ -630,10 +637,12 @@ void WeightGradTile(const ConvProblem& pb, int64_t item, int64_t worker) {
   const int64_t blocks = std::max<int64_t>(1, (row_ch + kBlock - 1) / kBlock);
   const int64_t num_phases = static_cast<int64_t>(pb.phases.size());
 
-  const int64_t rb = item % blocks;
-  item /= blocks;
-  const PhaseND& phase = pb.phases[item % num_phases];
-  const int64_t g = item / num_phases;
+  const int64_t parts = pb.wg_parts;
+  const int64_t part = item % parts;
+  const int64_t block_item = item / parts;
+  const int64_t rb = block_item % blocks;
+  const PhaseND& phase = pb.phases[(block_item / blocks) % num_phases];
+  const int64_t g = block_item / blocks / num_phases;
   const int64_t b0 = rb * kBlock;
   const int64_t block_rows = std::min<int64_t>(kBlock, row_ch - b0);
   if (block_rows <= 0) return;
@@ -650,6 +659,7 @@ void WeightGradTile(const ConvProblem& pb, int64_t item, int64_t worker) {
   int64_t lines = pb.batch;
   for (int64_t a = 0; a < last; ++a) lines *= phase.count[a];
   const int64_t chunk_lines = std::max<int64_t>(1, kChunkPixels / std::max<int64_t>(1, line));
+  const int64_t lines_begin = lines * part / parts, lines_end = lines * (part + 1) / parts;
   int64_t in_stride[kMaxSpatialDims], out_stride[kMaxSpatialDims];
   PixelStrides(axes, true, in_stride);
   PixelStrides(axes, false, out_stride);
@@ -658,12 +668,14 @@ void WeightGradTile(const ConvProblem& pb, int64_t item, int64_t worker) {
   const T* b_end = rows_from_x ? static_cast<const T*>(pb.b) + pb.groups * pb.batch * pb.OutSpatial() * pb.out_ch
                                : static_cast<const T*>(pb.a) + pb.groups * pb.batch * pb.InSpatial() * pb.in_ch;
 
-  // (tap, row tile, column tile) register tiles, in this worker's scratch (sized by WeightGradScratchBytes).
-  V* sums = static_cast<V*>(pb.Scratch(worker));
-  std::fill(sums, sums + taps * row_tiles * col_tiles * tile_vecs, V{});
+  // (tap, row tile, column tile) register tiles, in this worker's or this part's slot of the scratch (sized by
+  // WeightGradScratchBytes).
+  const int64_t sum_vecs = taps * row_tiles * col_tiles * tile_vecs;
+  V* sums = static_cast<V*>(pb.Scratch(parts > 1 ? item : worker));
+  std::fill(sums, sums + sum_vecs, V{});
   thread_local std::vector<Run> runs;
-  for (int64_t l0 = 0; l0 < lines; l0 += chunk_lines) {
-    const int64_t l1 = std::min(lines, l0 + chunk_lines);
+  for (int64_t l0 = lines_begin; l0 < lines_end; l0 += chunk_lines) {
+    const int64_t l1 = std::min(lines_end, l0 + chunk_lines);
     for (int64_t t = 0; t < taps; ++t) {
       const TapND& tap = phase.taps[t];
       const int64_t qb = tap.q_begin[last], qe = tap.q_end[last];
@@ -710,6 +722,17 @@ void WeightGradTile(const ConvProblem& pb, int64_t item, int64_t worker) {
     }
   }
 
+  if (parts > 1) {
+    // The last part of this block to finish adds up all parts' tiles (in part order, so the result does not
+    // depend on which thread came last) and stores them; acq_rel makes the other parts' tiles visible.
+    if (pb.parts_done[block_item].fetch_add(1, std::memory_order_acq_rel) != parts - 1) return;
+    sums = static_cast<V*>(pb.Scratch(block_item * parts));
+    for (int64_t p = 1; p < parts; ++p) {
+      const V* other = static_cast<const V*>(pb.Scratch(block_item * parts + p));
+      for (int64_t v = 0; v < sum_vecs; ++v) sums[v] += other[v];
+    }
+  }
+
   // Every tap is stored, also one that never meets the input (its gradient is zero).
   for (int64_t t = 0; t < taps; ++t) {
     U* dw = static_cast<U*>(pb.out) + (g * pb.KernelSpatial() + pb.StoredTap(phase.taps[t].k)) * pb.in_ch * pb.out_ch;
@@ -734,7 +757,7 @@ void WeightGradTile(const ConvProblem& pb, int64_t item, int64_t worker) {
 
 template <typename T, typename U, typename Acc>
 void WeightGradItem(const ConvProblem& pb, int64_t item, int64_t worker) {
-  if (!WeightGradFewRows(pb)) return WeightGradTile<T, U, Acc, kRows, kColVecs>(pb, item, worker);
+  if (!WeightGradFewRows(pb)) return WeightGradTile<T, U, Acc, kWgRows, kWgColVecs>(pb, item, worker);
   // A tile exactly as tall as the row channels: no FMA on a repeated row.
   switch (WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch) {
     case 1: return WeightGradTile<T, U, Acc, 1, kFewColVecs>(pb, item, worker);
@@ -750,8 +773,8 @@ int64_t WeightGradScratchBytes(const ConvProblem& pb) {
   int64_t taps = 0;
   for (const PhaseND& p : pb.phases) taps = std::max<int64_t>(taps, static_cast<int64_t>(p.taps.size()));
   const int64_t col_ch = WeightGradRowsFromX(pb) ? pb.out_ch : pb.in_ch;
-  const int64_t min_cols = std::min(kColVecs, kFewColVecs) * Vec<Acc>::kWidth;
-  const int64_t tile_vecs = std::max(kRows * kColVecs, kFewRows * kFewColVecs);
+  const int64_t min_cols = std::min(kWgColVecs, kFewColVecs) * Vec<Acc>::kWidth;
+  const int64_t tile_vecs = std::max(kWgRows * kWgColVecs, kFewRows * kFewColVecs);
   return taps * kWgradRowTiles * ((col_ch + min_cols - 1) / min_cols) * tile_vecs *
          static_cast<int64_t>(sizeof(typename Vec<Acc>::type));
 }
@@ -821,17 +844,37 @@ bool PrepareTyped(ConvProblem& pb) {
       return PackWeights<T, Acc>(pb, /*transpose=*/true);
     }
     case Pass::kWeightGrad: {
-      // Items are (group, phase, block of row channels); phases with more taps first, so the threads that take
-      // the last items finish together.
+      // Blocks of dW are (group, phase, block of row channels); phases with more taps first, so the threads that
+      // take the last items finish together.
       pb.phases = MakePhasesND(pb.axes);
       std::stable_sort(pb.phases.begin(), pb.phases.end(),
                        [](const PhaseND& a, const PhaseND& b) { return a.taps.size() > b.taps.size(); });
       const int64_t rows = WeightGradRowsFromX(pb) ? pb.in_ch : pb.out_ch;
-      const int64_t block = (WeightGradFewRows(pb) ? kFewRows : kRows) * kWgradRowTiles;
-      const int64_t blocks = std::max<int64_t>(1, (rows + block - 1) / block);
-      pb.num_items = pb.groups * static_cast<int64_t>(pb.phases.size()) * blocks;
+      const int64_t block = (WeightGradFewRows(pb) ? kFewRows : kWgRows) * kWgradRowTiles;
+      const int64_t blocks = pb.groups * static_cast<int64_t>(pb.phases.size()) *
+                             std::max<int64_t>(1, (rows + block - 1) / block);
       pb.scratch_bytes = RoundUp(std::max<int64_t>(WeightGradScratchBytes<Acc>(pb), 64), 64);
-      pb.scratch = AcquireBuffer(pb.workers * pb.scratch_bytes);
+      // With few blocks per thread, one slow thread (a busy core) leaves the others idle at the end, for up to a
+      // whole block's time: split each block into parts over ranges of pixels, so there are kItemsPerWorker
+      // items per thread, as long as the parts' tiles stay small.
+      int64_t min_lines = pb.batch;
+      for (const PhaseND& p : pb.phases) {
+        int64_t lines = pb.batch;
+        for (size_t a = 0; a + 1 < pb.axes.size(); ++a) lines *= p.count[a];
+        min_lines = std::min(min_lines, lines);
+      }
+      const int64_t want = (kItemsPerWorker * pb.workers + blocks - 1) / blocks;
+      const int64_t fit = kMaxPartialBytes / (blocks * pb.scratch_bytes);
+      const double block_macs = static_cast<double>(pb.groups * pb.batch * pb.InSpatial()) *
+                                static_cast<double>(pb.KernelSpatial() * pb.in_ch * pb.out_ch) / blocks;
+      const int64_t worth = static_cast<int64_t>(std::min(block_macs / kMinPartMacs, 1e6));
+      pb.wg_parts = std::max<int64_t>(1, std::min({want, fit, min_lines, worth}));
+      pb.num_items = blocks * pb.wg_parts;
+      if (pb.wg_parts > 1) {
+        pb.parts_done = std::make_unique<std::atomic<int64_t>[]>(blocks);
+        for (int64_t b = 0; b < blocks; ++b) pb.parts_done[b].store(0, std::memory_order_relaxed);
+      }
+      pb.scratch = AcquireBuffer((pb.wg_parts > 1 ? pb.num_items : pb.workers) * pb.scratch_bytes);
       return pb.scratch != nullptr;
     }
   }

@@ -7,6 +7,7 @@
 #ifndef JAXSEG_CPU_CONV_PROBLEM_H_
 #define JAXSEG_CPU_CONV_PROBLEM_H_
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -50,10 +51,15 @@ struct ConvProblem : ConvShape {
   std::vector<int64_t> interior_end;
   std::vector<int64_t> tap_shift;          // input grad: per tap, its output's offset from tap 0's there
   int64_t workers = 1;                     // set before Prepare(): the most items Run() computes at once
-  CachedBuffer scratch;                    // weight grad: one 64-byte-aligned slot per worker
+  // Weight grad: register tiles live in 64-byte-aligned slots of `scratch`, one per worker, or, where each block
+  // of dW is split into `wg_parts` ranges of pixels, one per item; the part that finishes a block last (counted
+  // in `parts_done`) adds the parts' tiles and stores the block.
+  CachedBuffer scratch;
   int64_t scratch_bytes = 0;               // bytes per slot
+  int64_t wg_parts = 1;
+  std::unique_ptr<std::atomic<int64_t>[]> parts_done;  // per block of dW, when wg_parts > 1
 
-  void* Scratch(int64_t worker) const { return static_cast<char*>(scratch.get()) + worker * scratch_bytes; }
+  void* Scratch(int64_t slot) const { return static_cast<char*>(scratch.get()) + slot * scratch_bytes; }
 
 };
 

@@ -152,6 +152,29 @@ def test_wide_channels_gradients(rng, lhs_shape, rhs_shape, strides, padding):
     assert rel_err(a, np.asarray(b)) < 1e-5
 
 
+@pytest.mark.parametrize("lhs_shape,rhs_shape,strides", [
+    ((7, 25, 23, 32), (4, 4, 32, 24), (2, 2)),  # few blocks of dW: each split over ranges of (uneven) lines
+    ((5, 4001, 64), (6, 64, 3), (2,)),  # 1-D: a line is an image, so at most `batch` parts
+    ((2, 6, 6, 256), (3, 3, 256, 24), (2, 2)),  # enough blocks of dW for every thread: no split
+])
+def test_weight_gradient_parts(rng, lhs_shape, rhs_shape, strides):
+  """The weight gradient splits its blocks over ranges of pixels when there are few of them; the part that ends
+  last sums the parts in a fixed order, so repeated runs agree bit for bit."""
+  x = jnp.asarray(rng.standard_normal(lhs_shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(rhs_shape), jnp.float32)
+  kw = dict(strides=strides, padding="SAME")
+  ct = jnp.asarray(rng.standard_normal(jaxseg.conv_transpose(x, w, **kw).shape), jnp.float32)
+  dw = jax.jit(lambda x, w, ct: jax.vjp(lambda w: jaxseg.conv_transpose(x, w, **kw), w)[1](ct)[0])
+  got = np.asarray(dw(x, w, ct))
+  with x64():
+    _, vjp64 = jax.vjp(lambda w: lax.conv_transpose(np.asarray(x, np.float64), w, **kw),
+                       np.asarray(w, np.float64))
+    want = np.asarray(vjp64(np.asarray(ct, np.float64))[0])
+  assert rel_err(got, want) < 1e-5
+  for _ in range(10):
+    np.testing.assert_array_equal(np.asarray(dw(x, w, ct)), got)
+
+
 def test_no_spatial_dims(rng):
   lhs = rng.standard_normal((3, 7)).astype(np.float32)
   rhs = rng.standard_normal((7, 5)).astype(np.float32)
