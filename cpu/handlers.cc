@@ -12,6 +12,10 @@
 #include <string>
 #include <utility>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "common/ffi_binding.h"
 #include "common/phase_geometry.h"
 #include "cpu/conv_problem.h"
@@ -86,6 +90,23 @@ ffi::Future ParallelRun(ffi::ThreadPool& pool, std::shared_ptr<const ConvProblem
   return future;
 }
 
+// A large result is usually fresh memory from mmap, which the first write faults in page by page: for a 32 MiB
+// result that alone took longer than the product (4 KiB pages; about 10 ms on the CI machine). Asking for
+// transparent huge pages on the 2 MiB-aligned part of the result cuts the faults 512-fold where the kernel allows
+// them (`madvise` mode); memory that is already mapped keeps its pages. Advice only: failures are ignored.
+void AdviseHugePages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (bytes < 2 * kHuge) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 Dims ToDims(ffi::Span<const int64_t> s) { return Dims{s.begin(), s.size()}; }
 
 // Reads the attributes and the three buffers of one pass into a ConvProblem (shapes checked by
@@ -119,6 +140,7 @@ ffi::Future Execute(Pass pass, ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::
       err.failure())
     return Failed(std::move(err));
   if (res->element_count() == 0) return Done();
+  AdviseHugePages(res->untyped_data(), res->size_bytes());
   static const KernelSet& kernels = ChooseKernels();
   pb->workers = std::max<int64_t>(1, pool.num_threads());
   if (!kernels.prepare(*pb)) return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxseg: out of memory"));

@@ -175,6 +175,26 @@ def test_weight_gradient_parts(rng, lhs_shape, rhs_shape, strides):
     np.testing.assert_array_equal(np.asarray(dw(x, w, ct)), got)
 
 
+def test_large_results(rng):
+  """Results of several MiB (the CPU handler asks for huge pages on them before writing): forward and input
+  gradient against float64, twice, so the second run writes into memory the first may have left mapped."""
+  x = jnp.asarray(rng.standard_normal((3, 40, 33, 24)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((4, 4, 24, 96)), jnp.float32)
+  kw = dict(strides=(2, 2), padding="SAME")
+  ct = jnp.asarray(rng.standard_normal((3, 80, 66, 96)), jnp.float32)  # 5.8 MiB, as the result
+  f = jax.jit(lambda x, w, ct: (lambda out, vjp: (out, vjp(ct)[0]))(
+      *jax.vjp(lambda x: jaxseg.conv_transpose(x, w, **kw), x)))
+  with x64():
+    out64, vjp64 = jax.vjp(lambda x: lax.conv_transpose(x, np.asarray(w, np.float64), **kw),
+                           np.asarray(x, np.float64))
+    want = [np.asarray(out64), np.asarray(vjp64(np.asarray(ct, np.float64))[0])]
+  for _ in range(2):
+    got = f(x, w, ct)
+    assert got[0].nbytes >= 5 << 20
+    for a, b in zip(got, want):
+      assert rel_err(np.asarray(a), b) < 1e-5
+
+
 def test_no_spatial_dims(rng):
   lhs = rng.standard_normal((3, 7)).astype(np.float32)
   rhs = rng.standard_normal((7, 5)).astype(np.float32)
