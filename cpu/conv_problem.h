@@ -43,6 +43,7 @@ struct ConvProblem : ConvShape {
   int64_t packed_ld = 0;
   int64_t num_items = 0;
   bool narrow_out = false;                 // forward: few output channels, computed in dot-product form
+  bool image_forward = false;              // forward: few output channels, per-input products per image
   std::vector<PhaseND> phases;             // forward: the phases of all axes together
   int64_t phase_blocks = 0;                // forward: blocks of outputs of the largest phase
   std::vector<int64_t> links;              // input grad: per axis, (input, tap) -> output pixel offset

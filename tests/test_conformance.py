@@ -175,6 +175,30 @@ def test_weight_gradient_parts(rng, lhs_shape, rhs_shape, strides):
     np.testing.assert_array_equal(np.asarray(dw(x, w, ct)), got)
 
 
+@pytest.mark.parametrize("lhs_shape,rhs_shape,strides,padding", [
+    ((64, 7, 6, 37), (4, 4, 37, 3), (2, 2), "SAME"),
+    ((64, 5, 7, 20), (3, 4, 20, 1), (2, 3), [(2, 1), (-1, 2)]),
+    ((64, 9, 40), (16, 40, 2), (8,), [(11, 11)]),
+    ((64, 3, 4, 3, 16), (2, 3, 2, 16, 4), (2, 1, 2), "VALID"),
+])
+def test_few_output_channels_many_images(rng, lhs_shape, rhs_shape, strides, padding):
+  """Few output channels and a batch of many images: the forward computes every tap's products per input
+  pixel, image by image, and gathers them per output."""
+  x = rng.standard_normal(lhs_shape).astype(np.float32)
+  w = rng.standard_normal(rhs_shape).astype(np.float32)
+  kw = dict(strides=strides, padding=padding)
+  got = jaxseg.conv_transpose(x, w, **kw)
+  for flipped in (False, True):
+    w_t = np.swapaxes(w[tuple(slice(None, None, -1) for _ in strides)], -1, -2) if flipped else w
+    got_t = jaxseg.conv_transpose(x, w_t, **kw, transpose_kernel=flipped)
+    np.testing.assert_allclose(got_t, got, rtol=1e-5, atol=1e-5)
+  with x64():
+    want = lax.conv_transpose(np.asarray(x, np.float64), np.asarray(w, np.float64), **kw)
+  assert rel_err(got, np.asarray(want)) < 1e-5
+  got16 = jaxseg.conv_transpose(jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16), **kw)
+  assert got16.dtype == jnp.bfloat16 and rel_err(np.asarray(got16, np.float32), np.asarray(want)) < 2e-2
+
+
 def test_large_results(rng):
   """Results of several MiB (the CPU handler asks for huge pages on them before writing): forward and input
   gradient against float64, twice, so the second run writes into memory the first may have left mapped."""
