@@ -29,6 +29,12 @@ namespace {
 
 constexpr int kRows = JAXSEG_ROWS;
 constexpr int kColVecs = JAXSEG_COL_VECS;
+// The widest tile (in vectors, kRows rows) for a product with few columns, where the register file allows more
+// than kColVecs: the forward with few output channels (ImageForwardItem).
+#ifndef JAXSEG_WIDE_COL_VECS
+#define JAXSEG_WIDE_COL_VECS JAXSEG_COL_VECS
+#endif
+constexpr int kWideColVecs = JAXSEG_WIDE_COL_VECS;
 
 typedef float VecF32 __attribute__((vector_size(64)));
 typedef double VecF64 __attribute__((vector_size(64)));
@@ -67,21 +73,21 @@ inline typename Vec<Acc>::type LoadVector(const T* p) {
   }
 }
 
-template <typename U, typename Acc>
-inline void StoreTile(const typename Vec<Acc>::type (&acc)[kRows][kColVecs], U* const (&dst)[kRows], int rows,
+template <typename U, typename Acc, int CV = kColVecs>
+inline void StoreTile(const typename Vec<Acc>::type (&acc)[kRows][CV], U* const (&dst)[kRows], int rows,
                       int cols) {
   using V = typename Vec<Acc>::type;
   if constexpr (std::is_same_v<U, Acc>) {
     // Whole vectors where the tile is full: a variable-length copy compiles to `rep movs`, whose start-up cost
     // rivals the tile's FMAs when the depth is small.
-    if (cols == Vec<Acc>::kCols) {
+    if (cols == CV * Vec<Acc>::kWidth) {
       for (int i = 0; i < rows; ++i)
-        for (int c = 0; c < kColVecs; ++c) std::memcpy(dst[i] + c * Vec<Acc>::kWidth, &acc[i][c], sizeof(V));
+        for (int c = 0; c < CV; ++c) std::memcpy(dst[i] + c * Vec<Acc>::kWidth, &acc[i][c], sizeof(V));
       return;
     }
   }
   for (int i = 0; i < rows; ++i) {
-    Acc tmp[Vec<Acc>::kCols];
+    Acc tmp[CV * Vec<Acc>::kWidth];
     std::memcpy(tmp, acc[i], sizeof(tmp));
     for (int c = 0; c < cols; ++c) dst[i][c] = FromAcc<U>(tmp[c]);
   }
@@ -148,11 +154,11 @@ bool PackWeights(ConvProblem& pb, bool transpose) {
   return true;
 }
 
-// The forward's per-input form (see ImageForwardItem): panels (group, column tile, in_ch, kCols) whose columns are
-// (tap, output channel) pairs, column k * out_ch + co holding W[k][:, co].
+// The forward's per-input form (see ImageForwardItem): panels (group, column tile, in_ch, image_col_vecs vectors)
+// whose columns are (tap, output channel) pairs, column k * out_ch + co holding W[k][:, co].
 template <typename T, typename Acc>
 bool PackTapColumns(ConvProblem& pb) {
-  const int64_t kcols = Vec<Acc>::kCols;
+  const int64_t kcols = pb.image_col_vecs * Vec<Acc>::kWidth;
   const int64_t ksp = pb.KernelSpatial();
   const int64_t cols = ksp * pb.out_ch;
   pb.packed_ld = RoundUp(cols, kcols);
@@ -200,35 +206,35 @@ constexpr int64_t kBlockRows = kRows * kBlockTiles;
 // One register tile: acc = sum over taps t of (its rows' sources for t) . (t's panel), depth rows each. The
 // tile stays in registers across all taps (when the depth is small, a load and store of the tile per tap would
 // cost more than the tap's FMAs).
-template <typename T, typename Acc>
-inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][kColVecs], const T* const* src, int64_t taps,
+template <typename T, typename Acc, int CV = kColVecs>
+inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][CV], const T* const* src, int64_t taps,
                        int64_t r0, int nrows, const int64_t* tap_k, const Acc* __restrict w, int64_t tap_stride,
                        int64_t depth, const T* zero) {
   using V = typename Vec<Acc>::type;
   constexpr int W = Vec<Acc>::kWidth;
-  constexpr int64_t kcols = Vec<Acc>::kCols;
-  V r[kRows][kColVecs] = {};
+  constexpr int64_t kcols = CV * W;
+  V r[kRows][CV] = {};
   for (int64_t t = 0; t < taps; ++t) {
     const T* rows[kRows];
     if (!TileRows<kRows>(src, taps, r0, nrows, t, zero, rows)) continue;
     const Acc* b = w + tap_k[t] * tap_stride;  // the panel: depth rows of kcols, 64-byte aligned
     for (int64_t p = 0; p < depth; ++p) {
-      V bv[kColVecs];
+      V bv[CV];
       const Acc* bp = b + p * kcols;
 #pragma GCC unroll 4
-      for (int c = 0; c < kColVecs; ++c) bv[c] = *reinterpret_cast<const V*>(bp + c * W);
+      for (int c = 0; c < CV; ++c) bv[c] = *reinterpret_cast<const V*>(bp + c * W);
 #pragma GCC unroll 16
       for (int i = 0; i < kRows; ++i) {
         const Acc a = ToAcc<Acc>(rows[i][p]);
 #pragma GCC unroll 4
-        for (int c = 0; c < kColVecs; ++c) r[i][c] += bv[c] * a;
+        for (int c = 0; c < CV; ++c) r[i][c] += bv[c] * a;
       }
     }
   }
 #pragma GCC unroll 16
   for (int i = 0; i < kRows; ++i)
 #pragma GCC unroll 4
-    for (int c = 0; c < kColVecs; ++c) acc[i][c] = r[i][c];
+    for (int c = 0; c < CV; ++c) acc[i][c] = r[i][c];
 }
 
 // Rows near the border read the zero row for some taps, and a register tile spends FMAs on a tap unless all of its
@@ -267,11 +273,11 @@ void GroupRowsByTaps(int64_t rows, int64_t taps, int64_t work_per_tap, const T* 
   dst = sorted_dst.data();
 }
 
-template <typename T, typename U, typename Acc>
+template <typename T, typename U, typename Acc, int CV = kColVecs>
 void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t* tap_k, U* const* dst,
                      const Acc* w, int64_t depth, int64_t ncols, int64_t ld, const T* zero) {
   using V = typename Vec<Acc>::type;
-  const int64_t kcols = Vec<Acc>::kCols;
+  const int64_t kcols = CV * Vec<Acc>::kWidth;
   GroupRowsByTaps(rows, taps, depth * ncols, src, dst, zero);
   // Tap t's panel for column tile c0 starts at w + (t * tiles + c0 / kcols) * depth * kcols (see PackWeights).
   const int64_t tap_stride = ld * depth;
@@ -280,11 +286,11 @@ void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int6
     const Acc* wc = w + c0 * depth;
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int nrows = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
-      V acc[kRows][kColVecs];
-      GatherTile<T, Acc>(acc, src, taps, r0, nrows, tap_k, wc, tap_stride, depth, zero);
+      V acc[kRows][CV];
+      GatherTile<T, Acc, CV>(acc, src, taps, r0, nrows, tap_k, wc, tap_stride, depth, zero);
       U* out[kRows];
       for (int i = 0; i < kRows; ++i) out[i] = dst[r0 + std::min(i, nrows - 1)] + c0;
-      StoreTile<U, Acc>(acc, out, nrows, cols);
+      StoreTile<U, Acc, CV>(acc, out, nrows, cols);
     }
   }
 }
@@ -491,7 +497,8 @@ void ForwardItem(const ConvProblem& pb, int64_t item) {
 // co], a plain product whose ksp * Co columns fill the vectors (the tap-by-tap form has Co <= 4 columns, and its
 // dot-product variant reads every input row once per tap and phase); then each output gathers the z entries of
 // the taps that reach it. z of an image is kept per thread (kMaxImageProducts bounds it). Used where the batch
-// gives every thread at least 4 images. ebgan-celeba-g4 (3 channels, 16 taps: 48 columns): 10.3 -> 8.6 ms.
+// gives every thread at least 4 images. ebgan-celeba-g4 (3 channels, 16 taps: 48 columns, one 3-vector tile):
+// 10.3 -> 7.2 ms.
 constexpr int64_t kMaxImageProducts = int64_t{4} << 20;  // bytes
 constexpr int64_t kMaxImageColumns = 128;
 
@@ -524,9 +531,20 @@ void ImageForwardItem(const ConvProblem& pb, int64_t item) {
   const Acc* w = static_cast<const Acc*>(pb.packed.get()) + g * pb.in_ch * pb.packed_ld;
   const int64_t tap0 = 0;
   const T* zero = static_cast<const T*>(pb.zeros.get());
-  for (int64_t m0 = 0; m0 < in_pixels; m0 += kBlockRows)
-    GatherGemmBlock<T, Acc, Acc>(std::min(kBlockRows, in_pixels - m0), 1, src.data() + m0, &tap0,
-                                 dst.data() + m0, w, pb.in_ch, ldz, pb.packed_ld, zero);
+  for (int64_t m0 = 0; m0 < in_pixels; m0 += kBlockRows) {
+    const int64_t rows = std::min(kBlockRows, in_pixels - m0);
+    const auto product = [&](auto cv) {
+      GatherGemmBlock<T, Acc, Acc, decltype(cv)::value>(rows, 1, src.data() + m0, &tap0, dst.data() + m0, w,
+                                                        pb.in_ch, ldz, pb.packed_ld, zero);
+    };
+    if constexpr (kWideColVecs >= 3) {
+      if (pb.image_col_vecs == 3) { product(std::integral_constant<int, 3>{}); continue; }
+    }
+    if constexpr (kWideColVecs >= 2) {
+      if (pb.image_col_vecs == 2) { product(std::integral_constant<int, 2>{}); continue; }
+    }
+    product(std::integral_constant<int, 1>{});
+  }
 
   // Gather, one line of a phase's outputs (along the last axis) at a time: each tap that reaches the line adds
   // a run of z entries, so the inner loop has no per-pixel checks.
@@ -907,6 +925,12 @@ bool PrepareTyped(ConvProblem& pb) {
       pb.image_forward = UseImageForward(pb, sizeof(Acc));
       if (pb.image_forward) {
         pb.num_items = pb.groups * pb.batch;
+        // The tile width (1 .. kWideColVecs vectors) that pads the ksp * Co columns least; the wider on a tie.
+        const int64_t cols = pb.KernelSpatial() * pb.out_ch;
+        pb.image_col_vecs = 1;
+        for (int cv = 2; cv <= kWideColVecs; ++cv)
+          if (RoundUp(cols, cv * Vec<Acc>::kWidth) <= RoundUp(cols, pb.image_col_vecs * Vec<Acc>::kWidth))
+            pb.image_col_vecs = cv;
         return PackTapColumns<T, Acc>(pb);
       }
       // Few output channels and enough input channels to fill the vectors: the dot-product form.

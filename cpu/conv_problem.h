@@ -44,6 +44,7 @@ struct ConvProblem : ConvShape {
   int64_t num_items = 0;
   bool narrow_out = false;                 // forward: few output channels, computed in dot-product form
   bool image_forward = false;              // forward: few output channels, per-input products per image
+  int image_col_vecs = 1;                  // forward (image_forward): vectors per register tile of columns
   std::vector<PhaseND> phases;             // forward: the phases of all axes together
   int64_t phase_blocks = 0;                // forward: blocks of outputs of the largest phase
   std::vector<int64_t> links;              // input grad: per axis, (input, tap) -> output pixel offset

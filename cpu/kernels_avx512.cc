@@ -3,4 +3,5 @@
 #define JAXSEG_ISA_NAME "avx512"
 #define JAXSEG_ROWS 8
 #define JAXSEG_COL_VECS 2
+#define JAXSEG_WIDE_COL_VECS 3
 #include "cpu/conv_kernels_impl.h"

@@ -375,10 +375,12 @@ def test_other_instruction_sets(isa):
       from jaxseg import _ext
       rng = np.random.default_rng(1)
       for dt, tol in [(np.float32, 1e-5), (jnp.bfloat16, 2e-2)]:
-        for shape, k, s, p in [((2, 7, 9, 37), (3, 4), (2, 3), [(1, 2), (0, 1)]), ((2, 19, 33), (16,), (8,), "SAME")]:
-          n = len(k)
+        # The last case has few output channels and many images: the forward's per-image form.
+        for shape, k, s, p, cout in [((2, 7, 9, 37), (3, 4), (2, 3), [(1, 2), (0, 1)], 21),
+                                     ((2, 19, 33), (16,), (8,), "SAME", 21),
+                                     ((64, 5, 6, 20), (4, 4), (2, 2), "SAME", 3)]:
           x = jnp.asarray(rng.standard_normal(shape), dt)
-          w = jnp.asarray(rng.standard_normal((*k, shape[-1], 21)), dt)
+          w = jnp.asarray(rng.standard_normal((*k, shape[-1], cout)), dt)
           f = lambda x, w: jnp.sum(jaxseg.conv_transpose(x, w, s, p).astype(jnp.float32) ** 2)
           g = lambda x, w: jnp.sum(lax.conv_transpose(x, w, s, p, preferred_element_type=jnp.float32) ** 2)
           for a, b in zip(jax.grad(f, (0, 1))(x, w), jax.grad(g, (0, 1))(x, w)):
