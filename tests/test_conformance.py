@@ -153,13 +153,14 @@ def test_wide_channels_gradients(rng, lhs_shape, rhs_shape, strides, padding):
 
 
 @pytest.mark.parametrize("lhs_shape,rhs_shape,strides", [
-    ((7, 25, 23, 32), (4, 4, 32, 24), (2, 2)),  # few blocks of dW: each split over ranges of (uneven) lines
-    ((5, 4001, 64), (6, 64, 3), (2,)),  # 1-D: a line is an image, so at most `batch` parts
+    ((7, 25, 23, 32), (3, 3, 32, 24), (1, 1)),  # one block of dW: split over ranges of (uneven) lines
+    ((5, 4001, 64), (6, 64, 3), (1,)),  # 1-D: a line is an image, so at most `batch` parts
     ((2, 6, 6, 256), (3, 3, 256, 24), (2, 2)),  # enough blocks of dW for every thread: no split
 ])
 def test_weight_gradient_parts(rng, lhs_shape, rhs_shape, strides):
-  """The weight gradient splits its blocks over ranges of pixels when there are few of them; the part that ends
-  last sums the parts in a fixed order, so repeated runs agree bit for bit."""
+  """The weight gradient splits its blocks over ranges of pixels when there are fewer than threads (stride 1: one
+  phase, one block); the part that ends last sums the parts in a fixed order, so repeated runs agree bit for
+  bit."""
   x = jnp.asarray(rng.standard_normal(lhs_shape), jnp.float32)
   w = jnp.asarray(rng.standard_normal(rhs_shape), jnp.float32)
   kw = dict(strides=strides, padding="SAME")
