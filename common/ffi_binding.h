@@ -1,12 +1,32 @@
-// The signature every jaxseg custom call binds: two operands, one result and the geometry attributes, after the
-// platform's context (XLA's CPU thread pool, or the CUDA stream). Python passes the geometry as 1-D int64 arrays
-// and `kernel_flipped` (the kernel's layout, see common/conv_shape.h) as an int64 0 or 1.
+// The signature every jaxseg custom call binds, and the decoding of its buffers that the CPU and CUDA handlers
+// share: two operands, one result and the geometry attributes, after the platform's context (XLA's CPU thread
+// pool, or the CUDA stream). Python passes the geometry as 1-D int64 arrays and `transpose_kernel` as a bool.
 #ifndef JAXSEG_COMMON_FFI_BINDING_H_
 #define JAXSEG_COMMON_FFI_BINDING_H_
 
 #include <cstdint>
+#include <string>
 
+#include "common/conv_shape.h"
+#include "common/dtypes.h"
+#include "common/passes.h"
 #include "xla/ffi/api/ffi.h"
+
+namespace jaxseg {
+
+struct CallAttrs {
+  xla::ffi::Span<const int64_t> strides, dilation, padding_lo, padding_hi;
+  bool transpose_kernel;
+};
+
+}  // namespace jaxseg
+
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(::jaxseg::CallAttrs,
+                                      ::xla::ffi::StructMember<::xla::ffi::Span<const int64_t>>("strides"),
+                                      ::xla::ffi::StructMember<::xla::ffi::Span<const int64_t>>("dilation"),
+                                      ::xla::ffi::StructMember<::xla::ffi::Span<const int64_t>>("padding_lo"),
+                                      ::xla::ffi::StructMember<::xla::ffi::Span<const int64_t>>("padding_hi"),
+                                      ::xla::ffi::StructMember<bool>("transpose_kernel"));
 
 namespace jaxseg {
 
@@ -18,11 +38,40 @@ auto BindConvTranspose() {
       .template Arg<ffi::AnyBuffer>()
       .template Arg<ffi::AnyBuffer>()
       .template Ret<ffi::AnyBuffer>()
-      .template Attr<ffi::Span<const int64_t>>("strides")
-      .template Attr<ffi::Span<const int64_t>>("dilation")
-      .template Attr<ffi::Span<const int64_t>>("padding_lo")
-      .template Attr<ffi::Span<const int64_t>>("padding_hi")
-      .template Attr<int64_t>("kernel_flipped");
+      .template Attrs<CallAttrs>();
+}
+
+inline bool ToDType(xla::ffi::DataType t, DType* out) {
+  switch (t) {
+    case xla::ffi::DataType::F32: *out = DType::kF32; return true;
+    case xla::ffi::DataType::F64: *out = DType::kF64; return true;
+    case xla::ffi::DataType::BF16: *out = DType::kBF16; return true;
+    case xla::ffi::DataType::F16: *out = DType::kF16; return true;
+    default: return false;
+  }
+}
+
+inline Dims ToDims(xla::ffi::Span<const int64_t> s) { return Dims{s.begin(), s.size()}; }
+
+// Reads the attributes and the three buffers of one pass, checking shapes against the phase geometry and
+// dtypes against the table in common/dtypes.h.
+inline xla::ffi::Error DecodeCall(Pass pass, xla::ffi::AnyBuffer first, xla::ffi::AnyBuffer second,
+                                  xla::ffi::AnyBuffer result, const CallAttrs& attrs, ConvCall* call) {
+  namespace ffi = xla::ffi;
+  const std::string err =
+      ReadConvShape(pass, ToDims(first.dimensions()), ToDims(second.dimensions()), ToDims(result.dimensions()),
+                    ToDims(attrs.strides), ToDims(attrs.dilation), ToDims(attrs.padding_lo),
+                    ToDims(attrs.padding_hi), attrs.transpose_kernel, call);
+  if (!err.empty()) return ffi::Error::InvalidArgument(std::string("jaxseg ") + Info(pass).name + ": " + err);
+  if (!ToDType(first.element_type(), &call->operand_type) || first.element_type() != second.element_type())
+    return ffi::Error::InvalidArgument("jaxseg: operands must share one of float32, float64, bfloat16, float16");
+  if (!ToDType(result.element_type(), &call->result_type) || !WritesResult(call->operand_type, call->result_type))
+    return ffi::Error::InvalidArgument(std::string("jaxseg: no result of this type for ") +
+                                       DTypeName(call->operand_type) + " operands");
+  call->first = first.untyped_data();
+  call->second = second.untyped_data();
+  call->result = result.untyped_data();
+  return ffi::Error::Success();
 }
 
 }  // namespace jaxseg

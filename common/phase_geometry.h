@@ -101,14 +101,6 @@ struct AxisGeometry {
     const int64_t q = j - offset_of_tap[k];
     return (q >= 0 && q < phases[r].count) ? q * stride + r : -1;
   }
-  // Inputs j in [*begin, *end) that tap k links with an output.
-  void InputRangeOf(int64_t k, int64_t* begin, int64_t* end) const {
-    const Phase& p = phases[phase_of_tap[k]];
-    const int64_t off = offset_of_tap[k];
-    *begin = std::max<int64_t>(0, off);
-    *end = std::min<int64_t>(in_size, p.count + off);
-    if (*end < *begin) *end = *begin;
-  }
 };
 
 // Requires stride >= 1, dilation >= 1, sizes >= 0 and out_size >= 0 (callers validate first).

@@ -115,7 +115,7 @@ bool PackWeights(ConvProblem& pb, bool transpose) {
   const int64_t tiles = pb.packed_ld / kcols;
   pb.packed = AcquireBuffer(taps * depth * pb.packed_ld * static_cast<int64_t>(sizeof(Acc)));
   if (!pb.packed) return false;
-  const T* w = static_cast<const T*>(pb.b);
+  const T* w = static_cast<const T*>(pb.second);
   Acc* dst = static_cast<Acc*>(pb.packed.get());
   const int64_t ksp = pb.KernelSpatial();
   // Element (depth r, column c) of a tap is stored at r * r_step + c * c_step (see common/conv_shape.h).
@@ -165,7 +165,7 @@ bool PackTapColumns(ConvProblem& pb) {
   const int64_t tiles = pb.packed_ld / kcols;
   pb.packed = AcquireBuffer(pb.groups * pb.in_ch * pb.packed_ld * static_cast<int64_t>(sizeof(Acc)));
   if (!pb.packed) return false;
-  const T* w = static_cast<const T*>(pb.b);
+  const T* w = static_cast<const T*>(pb.second);
   Acc* dst = static_cast<Acc*>(pb.packed.get());
   for (int64_t g = 0; g < pb.groups; ++g)
     for (int64_t tile = 0; tile < tiles; ++tile) {
@@ -426,8 +426,8 @@ void ForwardItem(const ConvProblem& pb, int64_t item) {
   int64_t in_stride[kMaxSpatialDims], out_stride[kMaxSpatialDims];
   PixelStrides(axes, true, in_stride);
   PixelStrides(axes, false, out_stride);
-  const T* x = static_cast<const T*>(pb.a);
-  U* y = static_cast<U*>(pb.out);
+  const T* x = static_cast<const T*>(pb.first);
+  U* y = static_cast<U*>(pb.result);
   const T* zero = static_cast<const T*>(pb.zeros.get());
   auto& tables = BlockTables<T, U>::ForThread(rows, taps);
   auto& src = tables.src;
@@ -515,8 +515,8 @@ void ImageForwardItem(const ConvProblem& pb, int64_t item) {
   const int64_t g = item / pb.batch;
   const int64_t in_pixels = pb.InSpatial(), out_pixels = pb.OutSpatial();
   const int64_t ldz = pb.KernelSpatial() * pb.out_ch;
-  const T* x = static_cast<const T*>(pb.a) + item * in_pixels * pb.in_ch;
-  U* y = static_cast<U*>(pb.out) + item * out_pixels * pb.out_ch;
+  const T* x = static_cast<const T*>(pb.first) + item * in_pixels * pb.in_ch;
+  U* y = static_cast<U*>(pb.result) + item * out_pixels * pb.out_ch;
 
   thread_local std::vector<Acc> z;
   thread_local std::vector<const T*> src;
@@ -601,8 +601,8 @@ void InputGradItem(const ConvProblem& pb, int64_t item) {
 
   int64_t in_stride[kMaxSpatialDims];
   PixelStrides(axes, true, in_stride);
-  const T* dy = static_cast<const T*>(pb.a);
-  U* dx = static_cast<U*>(pb.out);
+  const T* dy = static_cast<const T*>(pb.first);
+  U* dx = static_cast<U*>(pb.result);
   const T* zero = static_cast<const T*>(pb.zeros.get());
   auto& tables = BlockTables<T, U>::ForThread(rows, taps);
   auto& src = tables.src;
@@ -792,8 +792,8 @@ void WeightGradTile(const ConvProblem& pb, int64_t item, int64_t worker) {
   PixelStrides(axes, false, out_stride);
   const int64_t x_step = pb.in_ch, dy_step = axes[last].stride * pb.out_ch;
   // The end of the array the columns come from (no vector read may pass it).
-  const T* b_end = rows_from_x ? static_cast<const T*>(pb.b) + pb.groups * pb.batch * pb.OutSpatial() * pb.out_ch
-                               : static_cast<const T*>(pb.a) + pb.groups * pb.batch * pb.InSpatial() * pb.in_ch;
+  const T* b_end = rows_from_x ? static_cast<const T*>(pb.second) + pb.groups * pb.batch * pb.OutSpatial() * pb.out_ch
+                               : static_cast<const T*>(pb.first) + pb.groups * pb.batch * pb.InSpatial() * pb.in_ch;
 
   // (tap, row tile, column tile) register tiles, in this worker's or this part's slot of the scratch (sized by
   // WeightGradScratchBytes).
@@ -829,8 +829,8 @@ void WeightGradTile(const ConvProblem& pb, int64_t item, int64_t worker) {
       for (int64_t rt = 0; rt < row_tiles; ++rt) {
         const int64_t r0 = b0 + rt * R;
         const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
-        const T* x = static_cast<const T*>(pb.a) + (rows_from_x ? r0 : 0);
-        const T* dy = static_cast<const T*>(pb.b) + (rows_from_x ? 0 : r0);
+        const T* x = static_cast<const T*>(pb.first) + (rows_from_x ? r0 : 0);
+        const T* dy = static_cast<const T*>(pb.second) + (rows_from_x ? 0 : r0);
         for (int64_t ct = 0; ct < col_tiles; ++ct) {
           const int64_t c0 = ct * kTileCols;
           const int ncols = static_cast<int>(std::min<int64_t>(kTileCols, col_ch - c0));
@@ -862,7 +862,7 @@ void WeightGradTile(const ConvProblem& pb, int64_t item, int64_t worker) {
 
   // Every tap is stored, also one that never meets the input (its gradient is zero).
   for (int64_t t = 0; t < taps; ++t) {
-    U* dw = static_cast<U*>(pb.out) + (g * pb.KernelSpatial() + pb.StoredTap(phase.taps[t].k)) * pb.in_ch * pb.out_ch;
+    U* dw = static_cast<U*>(pb.result) + (g * pb.KernelSpatial() + pb.StoredTap(phase.taps[t].k)) * pb.in_ch * pb.out_ch;
     for (int64_t rt = 0; rt < row_tiles; ++rt) {
       const int64_t r0 = b0 + rt * R;
       const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
@@ -1043,15 +1043,15 @@ void RunTyped(const ConvProblem& pb, int64_t begin, int64_t end, int64_t worker)
 template <template <typename, typename> class Fn, typename... Args>
 auto DispatchTypes(const ConvProblem& pb, Args&&... args) {
   using R = decltype(Fn<float, float>::Call(args...));
-  switch (pb.in_type) {
+  switch (pb.operand_type) {
     case DType::kF32:
       return Fn<float, float>::Call(args...);
     case DType::kF64:
       return Fn<double, double>::Call(args...);
     case DType::kBF16:
-      return pb.out_type == DType::kF32 ? Fn<bf16_t, float>::Call(args...) : Fn<bf16_t, bf16_t>::Call(args...);
+      return pb.result_type == DType::kF32 ? Fn<bf16_t, float>::Call(args...) : Fn<bf16_t, bf16_t>::Call(args...);
     case DType::kF16:
-      return pb.out_type == DType::kF32 ? Fn<f16_t, float>::Call(args...) : Fn<f16_t, f16_t>::Call(args...);
+      return pb.result_type == DType::kF32 ? Fn<f16_t, float>::Call(args...) : Fn<f16_t, f16_t>::Call(args...);
   }
   return R();
 }

@@ -19,22 +19,17 @@
 
 namespace jaxseg::cpu {
 
+using jaxseg::DType;
 using jaxseg::Pass;
-enum class DType { kF32, kF64, kBF16, kF16 };
 
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
 };
 using AlignedBuffer = std::unique_ptr<void, AlignedFree>;
 
-struct ConvProblem : ConvShape {
-  DType in_type;   // both operands
-  DType out_type;  // the result: in_type, or F32 for 16-bit inputs
-
-  // forward: a = x, b = w, out = y;  input grad: a = dy, b = w, out = dx;  weight grad: a = x, b = dy, out = dw.
-  const void* a = nullptr;
-  const void* b = nullptr;
-  void* out = nullptr;
+// The buffers are in the pass's order (common/passes.h): forward (x, w) -> y, input grad (dy, w) -> dx,
+// weight grad (x, dy) -> dw.
+struct ConvProblem : ConvCall {
 
   // Filled by Prepare(): packed weights and a zero row (what a tap reads where it meets padding), the number of
   // independent work items, and the chunk length of the last spatial axis.

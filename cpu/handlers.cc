@@ -56,16 +56,6 @@ ffi::Future Done() {
   return future;
 }
 
-bool ToDType(ffi::DataType t, DType* out) {
-  switch (t) {
-    case ffi::DataType::F32: *out = DType::kF32; return true;
-    case ffi::DataType::F64: *out = DType::kF64; return true;
-    case ffi::DataType::BF16: *out = DType::kBF16; return true;
-    case ffi::DataType::F16: *out = DType::kF16; return true;
-    default: return false;
-  }
-}
-
 // Runs items [0, n) of `problem` on the pool; the calling thread works too. The problem (and with it the packed
 // weights) lives until the last worker is done.
 ffi::Future ParallelRun(ffi::ThreadPool& pool, std::shared_ptr<const ConvProblem> problem,
@@ -107,40 +97,13 @@ void AdviseHugePages(void* data, size_t bytes) {
 #endif
 }
 
-Dims ToDims(ffi::Span<const int64_t> s) { return Dims{s.begin(), s.size()}; }
-
-// Reads the attributes and the three buffers of one pass into a ConvProblem (shapes checked by
-// common/conv_shape.h), with the dtypes the CPU kernels take.
-ffi::Error Build(Pass pass, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::AnyBuffer res,
-                 ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
-                 ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, int64_t kernel_flipped,
-                 ConvProblem* pb) {
-  const std::string err =
-      ReadConvShape(pass, ToDims(first.dimensions()), ToDims(second.dimensions()), ToDims(res.dimensions()),
-                    ToDims(strides), ToDims(dilation), ToDims(pad_lo), ToDims(pad_hi), kernel_flipped, pb);
-  if (!err.empty()) return ffi::Error::InvalidArgument("jaxseg: " + err);
-  if (!ToDType(first.element_type(), &pb->in_type) || first.element_type() != second.element_type())
-    return ffi::Error::InvalidArgument("jaxseg: operands must share one of float32, float64, bfloat16, float16");
-  if (!ToDType(res.element_type(), &pb->out_type) ||
-      !(pb->out_type == pb->in_type ||
-        (pb->out_type == DType::kF32 && (pb->in_type == DType::kBF16 || pb->in_type == DType::kF16))))
-    return ffi::Error::InvalidArgument("jaxseg: unsupported result type for these operands");
-  pb->a = first.untyped_data();
-  pb->b = second.untyped_data();
-  pb->out = res.untyped_data();
-  return ffi::Error::Success();
-}
-
 ffi::Future Execute(Pass pass, ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::AnyBuffer second,
-                    ffi::Result<ffi::AnyBuffer> res, ffi::Span<const int64_t> strides,
-                    ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                    ffi::Span<const int64_t> pad_hi, int64_t kernel_flipped) {
+                    ffi::Result<ffi::AnyBuffer> result, const CallAttrs& attrs) {
   auto pb = std::make_shared<ConvProblem>();
-  if (ffi::Error err = Build(pass, first, second, *res, strides, dilation, pad_lo, pad_hi, kernel_flipped, pb.get());
-      err.failure())
+  if (ffi::Error err = DecodeCall(pass, first, second, *result, attrs, pb.get()); err.failure())
     return Failed(std::move(err));
-  if (res->element_count() == 0) return Done();
-  AdviseHugePages(res->untyped_data(), res->size_bytes());
+  if (result->element_count() == 0) return Done();
+  AdviseHugePages(result->untyped_data(), result->size_bytes());
   static const KernelSet& kernels = ChooseKernels();
   pb->workers = std::max<int64_t>(1, pool.num_threads());
   if (!kernels.prepare(*pb)) return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxseg: out of memory"));
@@ -149,10 +112,8 @@ ffi::Future Execute(Pass pass, ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::
 
 template <Pass kPass>
 ffi::Future Handle(ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::AnyBuffer second,
-                   ffi::Result<ffi::AnyBuffer> res, ffi::Span<const int64_t> strides,
-                   ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                   ffi::Span<const int64_t> pad_hi, int64_t kernel_flipped) {
-  return Execute(kPass, pool, first, second, res, strides, dilation, pad_lo, pad_hi, kernel_flipped);
+                   ffi::Result<ffi::AnyBuffer> result, CallAttrs attrs) {
+  return Execute(kPass, pool, first, second, result, attrs);
 }
 
 auto Binding() { return BindConvTranspose<ffi::ThreadPool>(); }

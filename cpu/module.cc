@@ -1,6 +1,7 @@
-// The `jaxseg._jaxseg_cpu` extension: the CPU custom-call targets as capsules for jax.ffi.register_ffi_target,
-// and the phase geometry (common/phase_geometry.h) for the Python side, so its padding and shape arithmetic is
-// the very code the kernels use.
+// The `jaxseg._jaxseg_cpu` extension: the CPU custom-call targets as capsules for jax.ffi.register_ffi_target;
+// the descriptions the Python side derives its rules from (the passes, common/passes.h; the dtype table,
+// common/dtypes.h; the limits); and the phase geometry (common/phase_geometry.h), so the Python side's padding
+// and shape arithmetic is the very code the kernels use.
 #include <cstdint>
 #include <string>
 #include <tuple>
@@ -12,7 +13,10 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include "common/dtypes.h"
+#include "common/passes.h"
 #include "common/phase_geometry.h"
+#include "common/registrations.h"
 #include "cpu/buffer_cache.h"
 #include "cpu/handlers.h"
 
@@ -20,28 +24,10 @@ namespace nb = nanobind;
 
 namespace {
 
-template <typename Fn>
-nb::capsule Capsule(Fn* fn) {
-  return nb::capsule(reinterpret_cast<void*>(fn));
-}
-
 std::pair<int64_t, int64_t> StringPaddingOrThrow(const std::string& mode, int64_t k, int64_t s) {
   int64_t lo, hi;
   if (!jaxseg::StringPadding(mode, k, s, &lo, &hi)) throw nb::value_error(("unknown padding " + mode).c_str());
   return {lo, hi};
-}
-
-// (out_size, [(residue, count, [(k, offset, q_begin, q_end), ...]), ...]) for one axis.
-nb::tuple AxisPhases(int64_t in, int64_t k, int64_t s, int64_t d, int64_t lo, int64_t hi) {
-  if (in < 0 || k < 0 || s < 1 || d < 1) throw nb::value_error("invalid axis geometry");
-  const jaxseg::AxisGeometry g = jaxseg::MakeAxisGeometry(in, k, s, d, lo, hi);
-  nb::list phases;
-  for (const jaxseg::Phase& p : g.phases) {
-    nb::list taps;
-    for (const jaxseg::Tap& t : p.taps) taps.append(nb::make_tuple(t.k, t.offset, t.q_begin, t.q_end));
-    phases.append(nb::make_tuple(p.residue, p.count, taps));
-  }
-  return nb::make_tuple(g.out_size, phases);
 }
 
 }  // namespace
@@ -49,12 +35,29 @@ nb::tuple AxisPhases(int64_t in, int64_t k, int64_t s, int64_t d, int64_t lo, in
 NB_MODULE(_jaxseg_cpu, m) {
   m.doc() = "jaxseg CPU custom calls and phase geometry";
   m.def("registrations", []() {
-    nb::dict d;
-    d["jaxseg_conv_transpose_fwd"] = Capsule(JaxsegCpuForward);
-    d["jaxseg_conv_transpose_input_grad"] = Capsule(JaxsegCpuInputGrad);
-    d["jaxseg_conv_transpose_weight_grad"] = Capsule(JaxsegCpuWeightGrad);
-    return d;
+    static XLA_FFI_Handler* const handlers[] = {JaxsegCpuForward, JaxsegCpuInputGrad, JaxsegCpuWeightGrad};
+    return jaxseg::Registrations(handlers);
   });
+  // [(name, target, (first, second, result) roles)] in the order of common/passes.h.
+  m.def("passes", []() {
+    nb::list out;
+    for (const jaxseg::PassInfo& p : jaxseg::kPasses)
+      out.append(nb::make_tuple(p.name, p.target,
+                                nb::make_tuple(jaxseg::RoleName(p.first), jaxseg::RoleName(p.second),
+                                               jaxseg::RoleName(p.result))));
+    return out;
+  });
+  // [(operand dtype, accumulation dtype, (result dtypes...))], NumPy names.
+  m.def("dtype_table", []() {
+    nb::list out;
+    for (const jaxseg::DTypeRule& r : jaxseg::kDTypeRules) {
+      nb::list results;
+      for (int i = 0; i < r.num_results; ++i) results.append(jaxseg::DTypeName(r.results[i]));
+      out.append(nb::make_tuple(jaxseg::DTypeName(r.operand), jaxseg::DTypeName(r.accumulate), nb::tuple(results)));
+    }
+    return out;
+  });
+  m.attr("max_spatial_dims") = jaxseg::kMaxSpatialDims;
   m.def("clear_buffer_cache", &jaxseg::cpu::ClearBufferCache, "Frees the packed-weight buffers kept between calls.");
   m.def("buffer_cache_bytes", &jaxseg::cpu::BufferCacheBytes);
   m.def("selected_isa", []() { return std::string(jaxseg::cpu::SelectedIsa()); });
@@ -66,6 +69,4 @@ NB_MODULE(_jaxseg_cpu, m) {
         nb::arg("pad_hi"));
   m.def("torch_padding", &jaxseg::TorchPadding, nb::arg("kernel"), nb::arg("padding"), nb::arg("output_padding"),
         nb::arg("dilation"));
-  m.def("axis_phases", &AxisPhases, nb::arg("in_size"), nb::arg("kernel"), nb::arg("stride"), nb::arg("dilation"),
-        nb::arg("pad_lo"), nb::arg("pad_hi"));
 }

@@ -283,54 +283,45 @@ cudaError_t Launch(Pass pass, cudaStream_t stream, const Problem& p, const void*
   return cudaGetLastError();
 }
 
-Dims ToDims(ffi::Span<const int64_t> s) { return Dims{s.begin(), s.size()}; }
+// The launch for each (operand, result) pair of the dtype table (common/dtypes.h).
+cudaError_t LaunchTyped(Pass pass, cudaStream_t stream, const Problem& p, const ConvCall& call, int64_t total) {
+  const void *a = call.first, *b = call.second;
+  void* out = call.result;
+  switch (call.operand_type) {
+    case DType::kF32: return Launch<float, float>(pass, stream, p, a, b, out, total);
+    case DType::kF64: return Launch<double, double>(pass, stream, p, a, b, out, total);
+    case DType::kBF16:
+      return call.result_type == DType::kF32 ? Launch<__nv_bfloat16, float>(pass, stream, p, a, b, out, total)
+                                             : Launch<__nv_bfloat16, __nv_bfloat16>(pass, stream, p, a, b, out, total);
+    case DType::kF16:
+      return call.result_type == DType::kF32 ? Launch<__half, float>(pass, stream, p, a, b, out, total)
+                                             : Launch<__half, __half>(pass, stream, p, a, b, out, total);
+  }
+  return cudaErrorInvalidValue;
+}
 
 ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second,
-                   ffi::Result<ffi::AnyBuffer> res, ffi::Span<const int64_t> strides,
-                   ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> pad_lo,
-                   ffi::Span<const int64_t> pad_hi, int64_t kernel_flipped) {
-  ConvShape shape;
-  const std::string err =
-      ReadConvShape(pass, ToDims(first.dimensions()), ToDims(second.dimensions()), ToDims(res->dimensions()),
-                    ToDims(strides), ToDims(dilation), ToDims(pad_lo), ToDims(pad_hi), kernel_flipped, &shape);
-  if (!err.empty()) return ffi::Error::InvalidArgument("jaxseg: " + err);
-  // The CUDA kernels read the canonical layout; Python canonicalizes a flipped kernel before calling them.
-  if (shape.kernel_flipped) return ffi::Error::InvalidArgument("jaxseg (CUDA): kernel_flipped is not supported");
+                   ffi::Result<ffi::AnyBuffer> result, const CallAttrs& attrs) {
+  ConvCall call;
+  if (ffi::Error err = DecodeCall(pass, first, second, *result, attrs, &call); err.failure()) return err;
+  // The CUDA kernels read the canonical layout; Python copies a flipped kernel into it before calling them.
+  if (call.transpose_kernel)
+    return ffi::Error::InvalidArgument("jaxseg (CUDA): the kernels take the canonical kernel layout only");
   Problem p;
-  if (!MakeProblem(shape, &p))
+  if (!MakeProblem(call, &p))
     return ffi::Error::InvalidArgument("jaxseg (CUDA): at most 3 spatial axes, kernel size and stride <= 32");
-  const int64_t total = static_cast<int64_t>(res->element_count());
+  const int64_t total = static_cast<int64_t>(result->element_count());
   if (total == 0) return ffi::Error::Success();
-  const ffi::DataType in = first.element_type(), out = res->element_type();
-  if (second.element_type() != in)
-    return ffi::Error::InvalidArgument("jaxseg: operands must have the same dtype");
-  cudaError_t status;
-  if (in == ffi::DataType::F32 && out == ffi::DataType::F32)
-    status = Launch<float, float>(pass, stream, p, first.untyped_data(), second.untyped_data(), res->untyped_data(), total);
-  else if (in == ffi::DataType::F64 && out == ffi::DataType::F64)
-    status = Launch<double, double>(pass, stream, p, first.untyped_data(), second.untyped_data(), res->untyped_data(), total);
-  else if (in == ffi::DataType::BF16 && out == ffi::DataType::BF16)
-    status = Launch<__nv_bfloat16, __nv_bfloat16>(pass, stream, p, first.untyped_data(), second.untyped_data(),
-                                                  res->untyped_data(), total);
-  else if (in == ffi::DataType::BF16 && out == ffi::DataType::F32)
-    status = Launch<__nv_bfloat16, float>(pass, stream, p, first.untyped_data(), second.untyped_data(),
-                                          res->untyped_data(), total);
-  else if (in == ffi::DataType::F16 && out == ffi::DataType::F16)
-    status = Launch<__half, __half>(pass, stream, p, first.untyped_data(), second.untyped_data(), res->untyped_data(), total);
-  else if (in == ffi::DataType::F16 && out == ffi::DataType::F32)
-    status = Launch<__half, float>(pass, stream, p, first.untyped_data(), second.untyped_data(), res->untyped_data(), total);
-  else
-    return ffi::Error::InvalidArgument("jaxseg: unsupported dtypes for the CUDA kernels");
+  const cudaError_t status = LaunchTyped(pass, stream, p, call, total);
   if (status != cudaSuccess)
     return ffi::Error::Internal(std::string("jaxseg: CUDA launch failed: ") + cudaGetErrorString(status));
   return ffi::Error::Success();
 }
 
 template <Pass kPass>
-ffi::Error Handle(cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::Result<ffi::AnyBuffer> res,
-                  ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
-                  ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, int64_t kernel_flipped) {
-  return Execute(kPass, stream, first, second, res, strides, dilation, pad_lo, pad_hi, kernel_flipped);
+ffi::Error Handle(cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::Result<ffi::AnyBuffer> result,
+                  CallAttrs attrs) {
+  return Execute(kPass, stream, first, second, result, attrs);
 }
 
 auto Binding() { return BindConvTranspose<ffi::PlatformStream<cudaStream_t>>(); }

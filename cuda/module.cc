@@ -2,6 +2,7 @@
 // The CUDA runtime is linked statically, so this imports on machines without a GPU or driver.
 #include <nanobind/nanobind.h>
 
+#include "common/registrations.h"
 #include "cuda/handlers.h"
 
 namespace nb = nanobind;
@@ -9,11 +10,8 @@ namespace nb = nanobind;
 NB_MODULE(_jaxseg_cuda, m) {
   m.doc() = "jaxseg CUDA custom calls";
   m.def("registrations", []() {
-    nb::dict d;
-    d["jaxseg_conv_transpose_fwd"] = nb::capsule(reinterpret_cast<void*>(JaxsegCudaForward));
-    d["jaxseg_conv_transpose_input_grad"] = nb::capsule(reinterpret_cast<void*>(JaxsegCudaInputGrad));
-    d["jaxseg_conv_transpose_weight_grad"] = nb::capsule(reinterpret_cast<void*>(JaxsegCudaWeightGrad));
-    return d;
+    static XLA_FFI_Handler* const handlers[] = {JaxsegCudaForward, JaxsegCudaInputGrad, JaxsegCudaWeightGrad};
+    return jaxseg::Registrations(handlers);
   });
   // Limits of the CUDA kernels' tap tables (cuda/kernels.cu); larger layers lower to XLA's convolution on GPU.
   m.attr("max_spatial_dims") = 3;

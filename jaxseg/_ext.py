@@ -18,9 +18,7 @@ try:
 except ImportError:
   cuda = None
 
-FORWARD = "jaxseg_conv_transpose_fwd"
-INPUT_GRAD = "jaxseg_conv_transpose_input_grad"
-WEIGHT_GRAD = "jaxseg_conv_transpose_weight_grad"
+FORWARD, INPUT_GRAD, WEIGHT_GRAD = (target for _, target, _ in cpu.passes())
 
 for _name, _capsule in cpu.registrations().items():
   jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")

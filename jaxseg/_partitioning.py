@@ -101,7 +101,7 @@ def ffi_attributes(strides, dilation, padding, kernel_flipped):
   """The custom calls' attributes, typed as the handlers bind them (common/ffi_binding.h)."""
   return dict(strides=np.asarray(strides, np.int64), dilation=np.asarray(dilation, np.int64),
               padding_lo=np.asarray([p[0] for p in padding], np.int64),
-              padding_hi=np.asarray([p[1] for p in padding], np.int64), kernel_flipped=np.int64(kernel_flipped))
+              padding_hi=np.asarray([p[1] for p in padding], np.int64), transpose_kernel=bool(kernel_flipped))
 
 
 def _local_call(target, call, a, b):

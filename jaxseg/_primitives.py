@@ -26,12 +26,8 @@ from jax.interpreters import ad, batching, mlir
 from jaxseg import _ext, _partitioning
 
 # Output dtypes our kernels write for each operand dtype; anything else is computed in the operand dtype and cast.
-_NATIVE_OUT = {
-    np.dtype(np.float32): (np.dtype(np.float32),),
-    np.dtype(np.float64): (np.dtype(np.float64),),
-    np.dtype(jnp.bfloat16): (np.dtype(jnp.bfloat16), np.dtype(np.float32)),
-    np.dtype(np.float16): (np.dtype(np.float16), np.dtype(np.float32)),
-}
+_NATIVE_OUT = {np.dtype(operand): tuple(np.dtype(r) for r in results)
+               for operand, _, results in _ext.cpu.dtype_table()}
 KERNEL_DTYPES = tuple(_NATIVE_OUT)
 
 
