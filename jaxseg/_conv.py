@@ -11,8 +11,7 @@ import numpy as np
 from jax import lax
 
 from jaxseg import _ext, _primitives
-
-_MAX_SPATIAL_DIMS = 8  # kMaxSpatialDims in common/phase_geometry.h
+from jaxseg._passes import FORWARD, KERNEL_DTYPES, MAX_SPATIAL_DIMS, Geometry
 
 _DEFAULT_DIMENSION_NUMBERS = {
     2: ("NC", "IO", "NC"),
@@ -154,8 +153,8 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
   if lhs.ndim < 2:
     raise TypeError(f"lhs and rhs must have rank >= 2 (batch and feature axes), got {lhs.shape}")
   n = lhs.ndim - 2
-  if n > _MAX_SPATIAL_DIMS:
-    raise ValueError(f"lhs and rhs have {n} spatial dimensions; jaxseg supports at most {_MAX_SPATIAL_DIMS}")
+  if n > MAX_SPATIAL_DIMS:
+    raise ValueError(f"lhs and rhs have {n} spatial dimensions; jaxseg supports at most {MAX_SPATIAL_DIMS}")
   strides = _int_tuple(strides, n, "strides")
   if any(s < 1 for s in strides):
     raise ValueError(f"strides must be positive, got {strides}")
@@ -187,19 +186,18 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
         f"(lhs {lhs.shape}, rhs {rhs.shape}, dimension_numbers {dimension_numbers!r}, "
         f"transpose_kernel={transpose_kernel})")
 
-  fallback = (np.dtype(lhs.dtype) not in _primitives.KERNEL_DTYPES or out_dtype.kind != "f"
+  fallback = (np.dtype(lhs.dtype) not in KERNEL_DTYPES or not jnp.issubdtype(out_dtype, jnp.floating)
               or 0 in kernel_spatial or 0 in in_spatial)
-  if not fallback:
-    out_spatial = _primitives.output_spatial(in_spatial, kernel_spatial, strides, dilation, pads)
-    for i, size in enumerate(out_spatial):
-      if size < 1:
-        raise ValueError(
-            f"padding {pads[i]} leaves spatial dimension {i} of the output empty (size {size}) for input size "
-            f"{in_spatial[i]}, kernel size {kernel_spatial[i]}, stride {strides[i]}, dilation {dilation[i]}")
   if fallback:
     return lax.conv_transpose(lhs, rhs, strides, pads, rhs_dilation=dilation, dimension_numbers=dn,
                               transpose_kernel=transpose_kernel, precision=precision,
                               preferred_element_type=preferred_element_type)
+  geometry = Geometry(strides, dilation, pads, in_spatial, kernel_spatial, bool(transpose_kernel))
+  for i, size in enumerate(geometry.out_spatial):
+    if size < 1:
+      raise ValueError(
+          f"padding {pads[i]} leaves spatial dimension {i} of the output empty (size {size}) for input size "
+          f"{in_spatial[i]}, kernel size {kernel_spatial[i]}, stride {strides[i]}, dilation {dilation[i]}")
 
   # Canonical operands: x (1, N, H..., Ci), w (1, K..., Ci, Co). transpose_kernel flips the spatial axes and
   # reads the kernel's feature axes the other way round; the kernels read such a kernel as it is (Co before Ci,
@@ -208,11 +206,11 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
   channels = (out_axis, in_axis) if transpose_kernel else (in_axis, out_axis)
   w = jnp.transpose(rhs, (*dn.rhs_spec[2:], *channels))[None]
   if n == 0:  # a plain matmul: give it one unit spatial axis
-    x, w, strides, dilation, pads = x[:, :, None], w[:, None], (1,), (1,), ((0, 0),)
+    x, w = x[:, :, None], w[:, None]
+    geometry = Geometry((1,), (1,), ((0, 0),), (1,), (1,))
   compute_dtype = out_dtype if out_dtype == np.float64 else x.dtype
-  y = _primitives.forward(x.astype(compute_dtype), w.astype(compute_dtype), strides=strides, dilation=dilation,
-                          padding=pads, out_dtype=out_dtype, precision=_canonical_precision(precision),
-                          kernel_flipped=transpose_kernel)[0]
+  y = _primitives.apply(FORWARD, x.astype(compute_dtype), w.astype(compute_dtype), geometry=geometry,
+                        out_dtype=out_dtype, precision=_canonical_precision(precision))[0]
   if n == 0:
     y = y[:, 0]
   # Canonical (N, O..., Co) to the requested output layout.

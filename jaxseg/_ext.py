@@ -18,8 +18,6 @@ try:
 except ImportError:
   cuda = None
 
-FORWARD, INPUT_GRAD, WEIGHT_GRAD = (target for _, target, _ in cpu.passes())
-
 for _name, _capsule in cpu.registrations().items():
   jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
 if cuda is not None:

@@ -1,18 +1,19 @@
-"""The three primitives of a transposed convolution and their rules, side by side.
+"""One JAX primitive per pass (forward, input_grad, weight_grad), with its rules side by side.
 
-All three work on canonical operands: channels-last with a leading group axis G (vmap over both operands folds
-into it), and explicit per-axis padding of the dilated input:
+Each primitive takes two canonical operands and the parameters `geometry` (a `_passes.Geometry`), `out_dtype`
+and `precision`; `_passes` describes which tensors a pass reads and writes, and every rule here is derived from
+that description:
 
-  conv_transpose_p               x (G, N, H..., Ci), w (G, K..., Ci, Co)  -> y  (G, N, O..., Co)
-  conv_transpose_input_grad_p    dy (G, N, O..., Co), w                   -> dx (G, N, H..., Ci)
-  conv_transpose_weight_grad_p   x, dy                                    -> dw (G, K..., Ci, Co)
-
-Each is bilinear, and the transpose of each, with respect to either operand, is one of the others, so grad of
-any order stays on our kernels. Shapes come from the phase geometry in common/phase_geometry.h.
+  abstract evaluation   the pass's shape rule, the result's sharding from the operands'
+  transpose (and JVP)   each pass is bilinear; its transpose with respect to an operand is the pass that produces
+                        that operand's role from the other two, so grad of any order stays on our kernels
+  batching              a vmapped operand folds into an axis of its own (see `_batch_rule`), without loops
+  lowering              our custom call where the platform has kernels, else XLA's convolution of the same meaning
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -24,23 +25,12 @@ from jax._src import dispatch  # apply_primitive: eager calls compile the primit
 from jax.interpreters import ad, batching, mlir
 
 from jaxseg import _ext, _partitioning
-
-# Output dtypes our kernels write for each operand dtype; anything else is computed in the operand dtype and cast.
-_NATIVE_OUT = {np.dtype(operand): tuple(np.dtype(r) for r in results)
-               for operand, _, results in _ext.cpu.dtype_table()}
-KERNEL_DTYPES = tuple(_NATIVE_OUT)
-
-
-def output_spatial(in_spatial, kernel_spatial, strides, dilation, padding):
-  return tuple(
-      _ext.cpu.output_size(h, k, s, d, lo, hi)
-      for h, k, s, d, (lo, hi) in zip(in_spatial, kernel_spatial, strides, dilation, padding))
-
+from jaxseg._passes import FORWARD, INPUT, KERNEL, OUTPUT, PASSES, RESULT_DTYPES, Geometry, Pass, producing
 
 # --------------------------------------------------------------------------------------------------------------
-# Binding with dtype handling: the kernels take two operands of one dtype and write that dtype (or float32 for
-# 16-bit operands). Cotangents may arrive in a wider dtype than the other operand (preferred_element_type), so
-# mixed operands are promoted first and the result cast to what the caller needs.
+# Binding with dtype handling: the kernels take two operands of one dtype and write a dtype the table allows
+# (_passes.RESULT_DTYPES). Cotangents may arrive in a wider dtype than the other operand (preferred_element_type),
+# so mixed operands are promoted first and the result cast to what the caller needs.
 
 
 def _varying_axes(x) -> frozenset:
@@ -61,156 +51,50 @@ def _match_varying(a, b):
   return a, b
 
 
-def _bind(prim, a, b, *, out_dtype, **params):
+def apply(p: Pass, a, b, *, geometry: Geometry, out_dtype, precision=None):
+  """Pass `p` on canonical operands (a, b), its result in `out_dtype`."""
   out_dtype = np.dtype(out_dtype)
   if a.dtype != b.dtype:
     common = jnp.promote_types(a.dtype, b.dtype)
     a, b = a.astype(common), b.astype(common)
   a, b = _match_varying(a, b)
-  compute = out_dtype if out_dtype in _NATIVE_OUT[np.dtype(a.dtype)] else np.dtype(a.dtype)
-  out = prim.bind(a, b, out_dtype=compute, **params)
+  compute = out_dtype if out_dtype in RESULT_DTYPES[np.dtype(a.dtype)] else np.dtype(a.dtype)
+  out = PRIMITIVES[p].bind(a, b, geometry=geometry, out_dtype=compute, precision=precision)
   return out if compute == out_dtype else out.astype(out_dtype)
 
 
-def forward(x, w, *, kernel_flipped=False, **params):
-  return _bind(conv_transpose_p, x, w, kernel_flipped=bool(kernel_flipped), **params)
+# --------------------------------------------------------------------------------------------------------------
+# Abstract evaluation. The result is derived from the first operand's aval with `update`, so sharding and
+# shard_map information carries through.
 
 
-def input_grad(dy, w, *, in_spatial, kernel_flipped=False, **params):
-  return _bind(conv_transpose_input_grad_p, dy, w, in_spatial=tuple(in_spatial), kernel_flipped=bool(kernel_flipped),
-               **params)
-
-
-def weight_grad(x, dy, *, kernel_spatial, kernel_flipped=False, **params):
-  return _bind(conv_transpose_weight_grad_p, x, dy, kernel_spatial=tuple(kernel_spatial),
-               kernel_flipped=bool(kernel_flipped), **params)
+def _abstract_eval(p: Pass, a, b, *, geometry, out_dtype, precision):
+  shape = p.result_shape(a.shape, b.shape, geometry)
+  sharding = _partitioning.result_sharding(p, geometry, a, b)
+  return a.update(shape=shape, dtype=out_dtype, weak_type=False,
+                  **({"sharding": sharding} if sharding is not None else {}))
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Abstract evaluation. The result is derived from an operand's aval with `update`, so sharding and shard_map
-# information carries through.
+# Transposes (and so JVPs, through ad.defbilinear). With <.,.> the elementwise inner product,
+#   <forward(x, w), c> = <x, input_grad(c, w)> = <w, weight_grad(x, c)>,
+# so the transpose of any pass with respect to an operand is the pass producing that operand's role.
 
 
-def _check_common(a, b, a_name, b_name, strides):
-  d = len(strides)
-  if a.ndim != d + 3 or b.ndim != d + 3:
-    raise TypeError(f"{a_name} and {b_name} must have rank {d + 3}, got {a.shape} and {b.shape}")
-  if a.shape[0] != b.shape[0]:
-    raise TypeError(f"group axes differ: {a.shape} and {b.shape}")
-
-
-def kernel_channels(w_shape, kernel_flipped):
-  """(Ci, Co) of a kernel: canonical (G, K.., Ci, Co), or with kernel_flipped (G, K.., Co, Ci) with its spatial
-  axes reversed (a PyTorch-oriented kernel as the user holds it; the kernels read it in place, no copy)."""
-  return (w_shape[-1], w_shape[-2]) if kernel_flipped else (w_shape[-2], w_shape[-1])
-
-
-def canonical_kernel(w, kernel_flipped):
-  """A kernel in the canonical layout (a copy when flipped). Reversing the spatial axes and swapping the two
-  channel axes commute and undo themselves, so the same call also takes a canonical kernel to the flipped one."""
-  if not kernel_flipped:
-    return w
-  return jnp.flip(jnp.swapaxes(w, -1, -2), axis=tuple(range(1, w.ndim - 2)))
-
-
-def result_shape(target, a, b, strides, dilation, padding, extra):
-  """Shape of a pass's result from its operands' shapes (the one shape rule, used by abstract evaluation and by
-  the per-shard calls of the partitioner)."""
-  flipped = extra.get("kernel_flipped", False)
-  if target == _ext.FORWARD:
-    return (a[0], a[1], *output_spatial(a[2:-1], b[1:-2], strides, dilation, padding), kernel_channels(b, flipped)[1])
-  if target == _ext.INPUT_GRAD:
-    return (a[0], a[1], *extra["in_spatial"], kernel_channels(b, flipped)[0])
-  channels = (b[-1], a[-1]) if flipped else (a[-1], b[-1])
-  return (a[0], *extra["kernel_spatial"], *channels)
-
-
-def _result_aval(target, a, b, shape, dtype, kernel_flipped):
-  """The result derived from operand a's aval (keeping shard_map's manual-axis information), with the sharding
-  the partitioning rules give it."""
-  sharding = _partitioning.result_sharding(target, len(shape) - 3, kernel_flipped, a, b, len(shape))
-  kwargs = {"sharding": sharding} if sharding is not None else {}
-  return a.update(shape=shape, dtype=dtype, weak_type=False, **kwargs)
-
-
-def _forward_abstract_eval(x, w, *, strides, dilation, padding, out_dtype, precision, kernel_flipped):
-  _check_common(x, w, "x", "w", strides)
-  if x.shape[-1] != kernel_channels(w.shape, kernel_flipped)[0]:
-    raise TypeError(f"input channels differ: x {x.shape}, w {w.shape}, kernel_flipped={kernel_flipped}")
-  shape = result_shape(_ext.FORWARD, x.shape, w.shape, strides, dilation, padding, {"kernel_flipped": kernel_flipped})
-  return _result_aval(_ext.FORWARD, x, w, shape, out_dtype, kernel_flipped)
-
-
-def _input_grad_abstract_eval(dy, w, *, in_spatial, strides, dilation, padding, out_dtype, precision,
-                              kernel_flipped):
-  _check_common(dy, w, "dy", "w", strides)
-  out = output_spatial(in_spatial, w.shape[1:-2], strides, dilation, padding)
-  if tuple(dy.shape[2:-1]) != out or dy.shape[-1] != kernel_channels(w.shape, kernel_flipped)[1]:
-    raise TypeError(f"dy {dy.shape} does not match w {w.shape} (kernel_flipped={kernel_flipped}) and input "
-                    f"spatial {in_spatial}")
-  shape = result_shape(_ext.INPUT_GRAD, dy.shape, w.shape, strides, dilation, padding,
-                       {"in_spatial": in_spatial, "kernel_flipped": kernel_flipped})
-  return _result_aval(_ext.INPUT_GRAD, dy, w, shape, out_dtype, kernel_flipped)
-
-
-def _weight_grad_abstract_eval(x, dy, *, kernel_spatial, strides, dilation, padding, out_dtype, precision,
-                               kernel_flipped):
-  _check_common(x, dy, "x", "dy", strides)
-  out = output_spatial(x.shape[2:-1], kernel_spatial, strides, dilation, padding)
-  if tuple(dy.shape[2:-1]) != out or x.shape[1] != dy.shape[1]:
-    raise TypeError(f"dy {dy.shape} does not match x {x.shape} and kernel spatial {kernel_spatial}")
-  shape = result_shape(_ext.WEIGHT_GRAD, x.shape, dy.shape, strides, dilation, padding,
-                       {"kernel_spatial": kernel_spatial, "kernel_flipped": kernel_flipped})
-  return _result_aval(_ext.WEIGHT_GRAD, x, dy, shape, out_dtype, kernel_flipped)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Transposes (and so JVPs, through ad.defbilinear). With <.,.> the elementwise inner product:
-#   <fwd(x, w), c>  = <x, input_grad(c, w)> = <w, weight_grad(x, c)>
-
-
-def _aval(v):
-  return v.aval
-
-
-def _fwd_transpose_x(ct, x, w, *, strides, dilation, padding, out_dtype, precision, kernel_flipped):
-  return input_grad(ct, w, in_spatial=_aval(x).shape[2:-1], strides=strides, dilation=dilation, padding=padding,
-                    out_dtype=_aval(x).dtype, precision=precision, kernel_flipped=kernel_flipped)
-
-
-def _fwd_transpose_w(ct, x, w, *, strides, dilation, padding, out_dtype, precision, kernel_flipped):
-  return weight_grad(x, ct, kernel_spatial=_aval(w).shape[1:-2], strides=strides, dilation=dilation,
-                     padding=padding, out_dtype=_aval(w).dtype, precision=precision, kernel_flipped=kernel_flipped)
-
-
-def _dgrad_transpose_dy(ct, dy, w, *, in_spatial, strides, dilation, padding, out_dtype, precision, kernel_flipped):
-  return forward(ct, w, strides=strides, dilation=dilation, padding=padding, out_dtype=_aval(dy).dtype,
-                 precision=precision, kernel_flipped=kernel_flipped)
-
-
-def _dgrad_transpose_w(ct, dy, w, *, in_spatial, strides, dilation, padding, out_dtype, precision, kernel_flipped):
-  return weight_grad(ct, dy, kernel_spatial=_aval(w).shape[1:-2], strides=strides, dilation=dilation,
-                     padding=padding, out_dtype=_aval(w).dtype, precision=precision, kernel_flipped=kernel_flipped)
-
-
-def _wgrad_transpose_x(ct, x, dy, *, kernel_spatial, strides, dilation, padding, out_dtype, precision,
-                       kernel_flipped):
-  return input_grad(dy, ct, in_spatial=_aval(x).shape[2:-1], strides=strides, dilation=dilation, padding=padding,
-                    out_dtype=_aval(x).dtype, precision=precision, kernel_flipped=kernel_flipped)
-
-
-def _wgrad_transpose_dy(ct, x, dy, *, kernel_spatial, strides, dilation, padding, out_dtype, precision,
-                        kernel_flipped):
-  return forward(x, ct, strides=strides, dilation=dilation, padding=padding, out_dtype=_aval(dy).dtype,
-                 precision=precision, kernel_flipped=kernel_flipped)
+def _transpose(p: Pass, operand: int, ct, a, b, *, geometry, out_dtype, precision):
+  primal = (a, b)[operand]
+  given = {p.roles[1 - operand]: (a, b)[1 - operand], p.result_role: ct}
+  q = producing(p.roles[operand])
+  return apply(q, given[q.roles[0]], given[q.roles[1]], geometry=geometry, out_dtype=primal.aval.dtype,
+               precision=precision)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Batching. A vmapped axis folds into an existing axis of the operand it maps, with a reshape (free when the
 # mapped axis already sits next to that axis):
-#   only the activation-like operand is mapped    -> into N (batch)
-#   only the other operand is mapped              -> into the channel axis that only it and the result share
-#   both are mapped                               -> into G (groups)
+#   one operand mapped  -> into the factor it shares with the result alone (Pass.fold_factor): the batch of an
+#                          activation, the channel of a kernel that the other operand does not have
+#   both mapped         -> into the group axis G
 
 
 def _fold(v, bdim, axis):
@@ -230,43 +114,25 @@ def _sharded_in_type(v, axis) -> bool:
   return spec is not None and axis < len(spec) and spec[axis] is not None
 
 
-def _make_batcher(fn, a_fold, b_fold, out_of_a, out_of_b):
-  """fn(a, b, **params); a_fold / b_fold: axis of a / b that a lone mapped axis folds into (negative from the
-  end); out_of_a / out_of_b: the axis of the result it then shows up in."""
-
-  def rule(args, dims, **params):
-    (a, b), (da, db) = args, dims
-    if (da is None) != (db is None):
-      # One operand mapped. Under explicit sharding an unsharded mapped axis cannot merge into a sharded one;
-      # then broadcast the other operand and fold both into G, as when both are mapped.
-      v, dv, fold = (a, da, a_fold) if da is not None else (b, db, b_fold)
-      axis = fold % (v.ndim - 1)
-      if _sharded_in_type(v, axis + (axis >= dv)) and not _sharded_in_type(v, dv):
-        size = v.shape[dv]
-        if da is None:
-          a, da = jnp.broadcast_to(a[None], (size,) + a.shape), 0
-        else:
-          b, db = jnp.broadcast_to(b[None], (size,) + b.shape), 0
-    if da is not None and db is not None:
-      size = a.shape[da]
-      out = fn(_fold(a, da, 0), _fold(b, db, 0), **params)
-      return _unfold(out, size, 0)
-    if da is not None:
-      size = a.shape[da]
-      axis = a_fold % (a.ndim - 1)
-      out = fn(_fold(a, da, axis), b, **params)
-      return _unfold(out, size, out_of_a % out.ndim)
-    size = b.shape[db]
-    axis = b_fold % (b.ndim - 1)
-    out = fn(a, _fold(b, db, axis), **params)
-    return _unfold(out, size, out_of_b % out.ndim)
-
-  return rule
-
-
-def _by_layout(canonical, flipped):
-  """The batching rule for the kernel's layout (its channel axes swap places when flipped)."""
-  return lambda args, dims, **params: (flipped if params["kernel_flipped"] else canonical)(args, dims, **params)
+def _batch_rule(p: Pass, args, dims, *, geometry, **params):
+  args, dims = list(args), list(dims)
+  bind = partial(PRIMITIVES[p].bind, geometry=geometry, **params)
+  d, flip = geometry.ndim, geometry.transpose_kernel
+  if (dims[0] is None) != (dims[1] is None):
+    i = 0 if dims[0] is not None else 1
+    factor = p.fold_factor(i)
+    axis = p.factors(p.roles[i], d, flip).index(factor)
+    v, dv = args[i], dims[i]
+    # Under explicit sharding an unsharded mapped axis cannot merge into a sharded one; then broadcast the other
+    # operand and fold both into G, as when both are mapped.
+    if _sharded_in_type(v, axis + (axis >= dv)) and not _sharded_in_type(v, dv):
+      args[1 - i], dims[1 - i] = jnp.broadcast_to(args[1 - i][None], (v.shape[dv],) + args[1 - i].shape), 0
+    else:
+      args[i] = _fold(v, dv, axis)
+      out = bind(*args)
+      return _unfold(out, v.shape[dv], p.factors(p.result_role, d, flip).index(factor))
+  size = args[0].shape[dims[0]]
+  return _unfold(bind(_fold(args[0], dims[0], 0), _fold(args[1], dims[1], 0)), size, 0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -283,44 +149,51 @@ def _spans_devices(ctx) -> bool:
   return mesh is not None and mesh.size > 1
 
 
-def _within_cuda_limits(ctx, target, strides, extra):
+def _within_cuda_limits(geometry: Geometry) -> bool:
   """The CUDA kernels' tap tables hold at most 3 spatial axes, kernel size and stride 32 per axis."""
   cuda = _ext.cuda
-  kernel = extra["kernel_spatial"] if target == _ext.WEIGHT_GRAD else ctx.avals_in[1].shape[1:-2]
-  return (len(strides) <= cuda.max_spatial_dims and max(strides) <= cuda.max_stride and
-          max(kernel) <= cuda.max_kernel_size)
+  return (geometry.ndim <= cuda.max_spatial_dims and max(geometry.strides) <= cuda.max_stride and
+          max(geometry.kernel_spatial) <= cuda.max_kernel_size)
 
 
-def _kernel_lowering(target, lax_impl, platform):
-  direct = jax.ffi.ffi_lowering(target)
-  fallback = mlir.lower_fun(lax_impl, multiple_results=False)
+def canonical_kernel(w, transpose_kernel):
+  """A kernel in the canonical layout (a copy when flipped). Reversing the spatial axes and swapping the two
+  channel axes commute and undo themselves, so the same call also takes a canonical kernel to the flipped one."""
+  if not transpose_kernel:
+    return w
+  return jnp.flip(jnp.swapaxes(w, -1, -2), axis=tuple(range(1, w.ndim - 2)))
 
-  def rule(ctx, a, b, *, strides, dilation, padding, out_dtype, precision, **extra):
-    if platform == "cuda" and not _within_cuda_limits(ctx, target, strides, extra):
-      return fallback(ctx, a, b, strides=strides, dilation=dilation, padding=padding, out_dtype=out_dtype,
-                      precision=precision, **extra)
-    if platform == "cuda" and extra["kernel_flipped"]:
-      # The CUDA kernels read the canonical layout only: copy the kernel into it (or the result out of it).
-      return mlir.lower_fun(partial(_canonical_call, target, strides=strides, dilation=dilation, padding=padding,
-                                    out_dtype=out_dtype, precision=precision, **extra),
-                            multiple_results=False)(ctx, a, b)
+
+def canonical_call(p: Pass, a, b, *, geometry, **params):
+  """Pass `p` with a flipped kernel computed on the canonical layout: the kernel operand copied into it, or a
+  kernel result copied out of it."""
+  canonical = dataclasses.replace(geometry, transpose_kernel=False)
+  bind = partial(PRIMITIVES[p].bind, geometry=canonical, **params)
+  if p.result_role == KERNEL:
+    return canonical_kernel(bind(a, b), geometry.transpose_kernel)
+  k = p.roles.index(KERNEL)
+  operands = [a, b]
+  operands[k] = canonical_kernel(operands[k], geometry.transpose_kernel)
+  return bind(*operands)
+
+
+def _kernel_lowering(p: Pass, platform: str):
+  direct = jax.ffi.ffi_lowering(p.target)
+  fallback = mlir.lower_fun(partial(_lax_impl, p), multiple_results=False)
+
+  def rule(ctx, a, b, *, geometry, out_dtype, precision):
+    params = dict(geometry=geometry, out_dtype=out_dtype, precision=precision)
+    if platform == "cuda" and not _within_cuda_limits(geometry):
+      return fallback(ctx, a, b, **params)
+    if platform == "cuda" and geometry.transpose_kernel:
+      # The CUDA kernels read the canonical layout only.
+      return mlir.lower_fun(partial(canonical_call, p, **params), multiple_results=False)(ctx, a, b)
     if not _spans_devices(ctx):
-      return direct(ctx, a, b, **_partitioning.ffi_attributes(strides, dilation, padding, extra["kernel_flipped"]))
-    call = partial(_partitioning.kernel_call, target, strides=strides, dilation=dilation, padding=padding,
-                   out_dtype=out_dtype, extra=tuple(sorted(extra.items())))
+      return direct(ctx, a, b, **geometry.ffi_attributes())
+    call = partial(_partitioning.partitioned_call, p, geometry, out_dtype)
     return mlir.lower_fun(call, multiple_results=False)(ctx, a, b)
 
   return rule
-
-
-def _canonical_call(target, a, b, *, kernel_flipped, **params):
-  """A pass with a flipped kernel computed by the canonical one."""
-  if target == _ext.FORWARD:
-    return conv_transpose_p.bind(a, canonical_kernel(b, True), kernel_flipped=False, **params)
-  if target == _ext.INPUT_GRAD:
-    return conv_transpose_input_grad_p.bind(a, canonical_kernel(b, True), kernel_flipped=False, **params)
-  dw = conv_transpose_weight_grad_p.bind(a, b, kernel_flipped=False, **params)
-  return canonical_kernel(dw, True)  # the permutation is its own inverse: back to the flipped layout
 
 
 def _lax_dimension_numbers(d):
@@ -329,61 +202,46 @@ def _lax_dimension_numbers(d):
                                   out_spec=(0, d + 1) + spatial)
 
 
-def lax_forward(x, w, *, strides, dilation, padding, out_dtype, precision, kernel_flipped=False):
-  """XLA's convolution with the forward primitive's meaning: the reference."""
-  d = len(strides)
-  w = canonical_kernel(w, kernel_flipped)
+def _lax_forward(x, w, geometry, out_dtype, precision):
+  d = geometry.ndim
+  w = canonical_kernel(w, geometry.transpose_kernel)
 
   def one(x, w):
-    return lax.conv_general_dilated(x, w, (1,) * d, padding, lhs_dilation=strides, rhs_dilation=dilation,
-                                    dimension_numbers=_lax_dimension_numbers(d), precision=precision,
-                                    preferred_element_type=out_dtype)
+    return lax.conv_general_dilated(x, w, (1,) * d, geometry.padding, lhs_dilation=geometry.strides,
+                                    rhs_dilation=geometry.dilation, dimension_numbers=_lax_dimension_numbers(d),
+                                    precision=precision, preferred_element_type=out_dtype)
 
   return jax.vmap(one)(x, w)
 
 
-def lax_input_grad(dy, w, *, in_spatial, **params):
-  x0 = jnp.zeros((dy.shape[0], dy.shape[1], *in_spatial, kernel_channels(w.shape, params["kernel_flipped"])[0]),
-                 w.dtype)
-  return jax.linear_transpose(lambda x: lax_forward(x, w, **{**params, "out_dtype": dy.dtype}), x0)(dy)[0].astype(
-      params["out_dtype"])
+def _lax_impl(p: Pass, a, b, *, geometry, out_dtype, precision):
+  """XLA's convolution with the meaning of pass `p`: the other platforms' lowering, and a reference. The
+  gradients are the transposes of the forward with respect to the role the pass produces."""
+  if p is FORWARD:
+    return _lax_forward(a, b, geometry, out_dtype, precision)
+  given = dict(zip(p.roles[:2], (a, b)))
+  ct, other = given[OUTPUT], given[KERNEL if p.result_role == INPUT else INPUT]
+  zeros = jnp.zeros(p.result_shape(a.shape, b.shape, geometry), other.dtype)
+  fwd = lambda r: _lax_forward(*((r, other) if p.result_role == INPUT else (other, r)), geometry, ct.dtype, precision)
+  return jax.linear_transpose(fwd, zeros)(ct)[0].astype(out_dtype)
 
 
-def lax_weight_grad(x, dy, *, kernel_spatial, **params):
-  channels = (dy.shape[-1], x.shape[-1]) if params["kernel_flipped"] else (x.shape[-1], dy.shape[-1])
-  w0 = jnp.zeros((x.shape[0], *kernel_spatial, *channels), x.dtype)
-  return jax.linear_transpose(lambda w: lax_forward(x, w, **{**params, "out_dtype": dy.dtype}), w0)(dy)[0].astype(
-      params["out_dtype"])
+# --------------------------------------------------------------------------------------------------------------
+# The primitives, each with its rules registered together.
 
 
-conv_transpose_p = Primitive("jaxseg_conv_transpose")
-conv_transpose_input_grad_p = Primitive("jaxseg_conv_transpose_input_grad")
-conv_transpose_weight_grad_p = Primitive("jaxseg_conv_transpose_weight_grad")
-
-
-def _setup(p, abstract_eval, target, lax_impl, transpose_a, transpose_b, batcher):
-  p.def_impl(partial(dispatch.apply_primitive, p))
+def _define(p: Pass) -> Primitive:
+  prim = Primitive(f"jaxseg_conv_transpose_{p.name}")
+  prim.def_impl(partial(dispatch.apply_primitive, prim))
   # Our lowering may emit a custom_partitioning call, which needs the concrete devices at lowering time.
-  getattr(dispatch, "prim_requires_devices_during_lowering", set()).add(p)
-  p.def_abstract_eval(abstract_eval)
-  mlir.register_lowering(p, mlir.lower_fun(lax_impl, multiple_results=False))
+  getattr(dispatch, "prim_requires_devices_during_lowering", set()).add(prim)
+  prim.def_abstract_eval(partial(_abstract_eval, p))
+  mlir.register_lowering(prim, mlir.lower_fun(partial(_lax_impl, p), multiple_results=False))
   for platform in _ext.KERNEL_PLATFORMS:
-    mlir.register_lowering(p, _kernel_lowering(target, lax_impl, platform), platform=platform)
-  ad.defbilinear(p, transpose_a, transpose_b)
-  batching.primitive_batchers[p] = batcher
+    mlir.register_lowering(prim, _kernel_lowering(p, platform), platform=platform)
+  ad.defbilinear(prim, partial(_transpose, p, 0), partial(_transpose, p, 1))
+  batching.primitive_batchers[prim] = partial(_batch_rule, p)
+  return prim
 
 
-# x (G, N, H.., Ci), w (G, K.., Ci, Co) -> y (G, N, O.., Co): a lone x folds into N, a lone w into Co.
-_setup(conv_transpose_p, _forward_abstract_eval, _ext.FORWARD, lax_forward, _fwd_transpose_x, _fwd_transpose_w,
-       _by_layout(_make_batcher(conv_transpose_p.bind, a_fold=1, b_fold=-1, out_of_a=1, out_of_b=-1),
-                  _make_batcher(conv_transpose_p.bind, a_fold=1, b_fold=-2, out_of_a=1, out_of_b=-1)))
-# dy (G, N, O.., Co), w (G, K.., Ci, Co) -> dx (G, N, H.., Ci): a lone dy folds into N, a lone w into Ci.
-_setup(conv_transpose_input_grad_p, _input_grad_abstract_eval, _ext.INPUT_GRAD, lax_input_grad,
-       _dgrad_transpose_dy, _dgrad_transpose_w,
-       _by_layout(_make_batcher(conv_transpose_input_grad_p.bind, a_fold=1, b_fold=-2, out_of_a=1, out_of_b=-1),
-                  _make_batcher(conv_transpose_input_grad_p.bind, a_fold=1, b_fold=-1, out_of_a=1, out_of_b=-1)))
-# x (G, N, H.., Ci), dy (G, N, O.., Co) -> dw (G, K.., Ci, Co): a lone x folds into Ci, a lone dy into Co.
-_setup(conv_transpose_weight_grad_p, _weight_grad_abstract_eval, _ext.WEIGHT_GRAD, lax_weight_grad,
-       _wgrad_transpose_x, _wgrad_transpose_dy,
-       _by_layout(_make_batcher(conv_transpose_weight_grad_p.bind, a_fold=-1, b_fold=-1, out_of_a=-2, out_of_b=-1),
-                  _make_batcher(conv_transpose_weight_grad_p.bind, a_fold=-1, b_fold=-1, out_of_a=-1, out_of_b=-2)))
+PRIMITIVES = {p: _define(p) for p in PASSES}

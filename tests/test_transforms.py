@@ -10,7 +10,7 @@ from jax import lax
 from jax.test_util import check_grads
 
 import jaxseg
-from jaxseg import _ext
+from jaxseg._passes import FORWARD, PASSES
 from conftest import x64
 from reference import rel_err
 
@@ -118,10 +118,9 @@ def test_hlo_uses_our_custom_calls(rng):
   x, w = _inputs(rng, (8, 7, 7, 16), (4, 4, 16, 8), jnp.float32)
   fwd = lambda x, w: jaxseg.conv_transpose(x, w, (2, 2), "SAME")
   targets, has_conv = _targets(fwd, x, w)
-  assert targets == {_ext.FORWARD} and not has_conv
+  assert targets == {FORWARD.target} and not has_conv
   targets, has_conv = _targets(jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1)), x, w)
-  assert targets == {_ext.FORWARD, _ext.INPUT_GRAD,
-                     _ext.WEIGHT_GRAD}
+  assert targets == {p.target for p in PASSES}
   assert not has_conv
 
 
@@ -138,17 +137,13 @@ def test_pytorch_oriented_kernel_is_not_copied(rng):
 def test_canonical_call_matches_flipped_kernel(rng):
   """The path the CUDA lowering takes for a flipped kernel (copy to the canonical layout) gives what the CPU
   kernels give reading it in place."""
-  from jaxseg import _ext, _primitives
+  from jaxseg import _passes, _primitives
   x, w = _inputs(rng, (1, 2, 5, 6, 3), (1, 4, 3, 2, 3), jnp.float32)  # w flipped: (G, K.., Co, Ci)
-  geo = dict(strides=(2, 3), dilation=(1, 2), padding=((1, 2), (0, 1)), out_dtype=np.dtype(np.float32),
-             precision=None)
-  y = _primitives.forward(x, w, kernel_flipped=True, **geo)
+  geometry = _passes.Geometry((2, 3), (1, 2), ((1, 2), (0, 1)), (5, 6), (4, 3), transpose_kernel=True)
+  params = dict(geometry=geometry, out_dtype=np.dtype(np.float32), precision=None)
+  y = _primitives.apply(_passes.FORWARD, x, w, **params)
   dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  cases = [(_ext.FORWARD, x, w, {}, y),
-           (_ext.INPUT_GRAD, dy, w, {"in_spatial": (5, 6)},
-            _primitives.input_grad(dy, w, in_spatial=(5, 6), kernel_flipped=True, **geo)),
-           (_ext.WEIGHT_GRAD, x, dy, {"kernel_spatial": (4, 3)},
-            _primitives.weight_grad(x, dy, kernel_spatial=(4, 3), kernel_flipped=True, **geo))]
-  for target, a, b, extra, want in cases:
-    got = _primitives._canonical_call(target, a, b, kernel_flipped=True, **geo, **extra)
-    assert got.shape == want.shape and rel_err(got, want) < 1e-5, target
+  for p, a, b in [(_passes.FORWARD, x, w), (_passes.INPUT_GRAD, dy, w), (_passes.WEIGHT_GRAD, x, dy)]:
+    want = _primitives.apply(p, a, b, **params)
+    got = _primitives.canonical_call(p, a, b, **params)
+    assert got.shape == want.shape and rel_err(got, want) < 1e-5, p.name
