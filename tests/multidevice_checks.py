@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import jaxseg  # noqa: E402
+from tolerances import assert_close as close  # noqa: E402
 
 rng = np.random.default_rng(0)
 
@@ -26,12 +27,6 @@ def mesh(shape, names, kind):
 def collectives(fn, *args):
   hlo = jax.jit(fn).lower(*args).compile().as_text()
   return {op: len(re.findall(rf"\b{op}(?:-start)?\(", hlo)) for op in ("all-gather", "all-reduce", "all-to-all")}
-
-
-def close(a, b, tol=1e-5):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  err = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
-  assert err < tol, err
 
 
 def case(n_spatial):

@@ -58,9 +58,3 @@ def transpose_padding(k_eff, s, mode):
     total = k_eff + s - 2 + max(k_eff - s, 0)
     lo = k_eff - 1
   return lo, total - lo
-
-
-def rel_err(a, b):
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))

@@ -1,8 +1,6 @@
 """The benchmark CLI (`python -m jaxseg.bench`): a short run on a small suite, its table, JSON and plot."""
 
 import json
-import time
-
 import pytest
 
 from jaxseg.bench import cli
@@ -36,24 +34,51 @@ def test_cli_runs_and_writes_results(tmp_path, capsys):
   assert png.stat().st_size > 0
 
 
+class FakeClock:
+  """A clock that moves only when the code under test calls something or idles."""
+
+  def __init__(self):
+    self.now = 0.0
+
+  def __call__(self):
+    return self.now
+
+  def sleep(self, seconds):
+    self.now += seconds
+
+
 def test_interleaved_timing():
-  """Every implementation is timed in every round (medians of its own calls), within the round limits."""
+  """Every implementation is timed in every round, the medians are its own calls' durations, and timing stops
+  at the round limit or once the budget is spent (at least 3 rounds)."""
+  clock = FakeClock()
   calls = {"slow": 0, "fast": 0}
 
   def make(name, seconds):
     def fn():
       calls[name] += 1
-      time.sleep(seconds)
+      clock.now += seconds
     return fn
 
-  medians = cli._time({"slow": make("slow", 0.004), "fast": make("fast", 0.001)}, rounds=4, budget_s=10.0,
-                      slice_s=0.008)
-  assert medians["slow"] > medians["fast"] >= 0.001
-  # One warm-up each, then 4 rounds of the same number (about slice_s / call time, at least 1) of calls.
-  for n in calls.values():
-    assert n >= 5 and (n - 1) % 4 == 0
+  # Durations that are exact in binary, so the fake clock's sums are too.
+  fns = {"slow": make("slow", 2 ** -8), "fast": make("fast", 2 ** -10)}
+  timing = dict(slice_s=2 ** -7, gap_s=2 ** -8, clock=clock, sleep=clock.sleep)
+  medians = cli._time(fns, rounds=4, budget_s=10.0, **timing)
+  assert medians == {"slow": 2 ** -8, "fast": 2 ** -10}
+  # One warm-up each, then 4 rounds of slice_s / call time calls: 2 of the slow one, 8 of the fast one.
+  assert calls == {"slow": 1 + 4 * 2, "fast": 1 + 4 * 8}
+  # A budget spent after the first round still gives 3 rounds, and no more.
+  calls.update(slow=0, fast=0)
+  cli._time(fns, rounds=10, budget_s=2 ** -10, **timing)
+  assert calls == {"slow": 1 + 3 * 2, "fast": 1 + 3 * 8}
 
 
-def test_unknown_arguments_are_named():
-  with pytest.raises(SystemExit):
-    cli.main(["--passes", "fwd,bogus"])
+@pytest.mark.parametrize("argv,named", [
+    (["--passes", "forward,bogus"], "bogus"),
+    (["--impls", "jaxseg,nope"], "nope"),
+    (["--repeats", "2"], "--repeats"),
+])
+def test_bad_arguments_are_named(argv, named, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(argv)
+  assert e.value.code == 2
+  assert named in capsys.readouterr().err

@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 import jaxseg
 from jaxseg._passes import FORWARD, PASSES
 from conftest import x64
-from reference import rel_err
+from tolerances import assert_close
 
 CASES = [
     # lhs shape, rhs shape, strides, padding, kwargs
@@ -38,13 +38,19 @@ def test_check_grads_float64(rng, lhs_shape, rhs_shape, strides, padding, kw):
 
 @pytest.mark.parametrize("lhs_shape,rhs_shape,strides,padding,kw", CASES)
 def test_vjp_matches_lax(rng, lhs_shape, rhs_shape, strides, padding, kw):
+  """Gradients against lax's: the same shapes and dtypes, and values within float32 rounding of lax's in
+  float64."""
   x, w = _inputs(rng, lhs_shape, rhs_shape, jnp.float32)
   ours, vjp_ours = jax.vjp(lambda x, w: jaxseg.conv_transpose(x, w, strides, padding, **kw), x, w)
   theirs, vjp_lax = jax.vjp(lambda x, w: lax.conv_transpose(x, w, strides, padding, **kw), x, w)
   ct = jnp.asarray(rng.standard_normal(ours.shape), jnp.float32)
-  for a, b in zip(jax.jit(vjp_ours)(ct), vjp_lax(ct)):
+  with x64():
+    f64 = lambda v: np.asarray(v, np.float64)
+    vjp64 = jax.vjp(lambda x, w: lax.conv_transpose(x, w, strides, padding, **kw), f64(x), f64(w))[1]
+    want = [np.asarray(v) for v in vjp64(f64(ct))]
+  for a, b, c in zip(jax.jit(vjp_ours)(ct), vjp_lax(ct), want):
     assert a.shape == b.shape and a.dtype == b.dtype
-    assert rel_err(a, b) < 1e-5
+    assert_close(a, c)
 
 
 def test_vjp_matches_float64_reference(rng):
@@ -58,15 +64,19 @@ def test_vjp_matches_float64_reference(rng):
     want = jax.vjp(lambda x, w: lax.conv_transpose(x, w, **kw), x64_, w64)[1](np.asarray(ct, np.float64))
     want = [np.asarray(v) for v in want]
   for a, b in zip(grads, want):
-    assert rel_err(a, b) < 1e-5
+    assert_close(a, b)
 
 
 def test_hessian_and_jacfwd(rng):
   x, w = _inputs(rng, (1, 3, 2), (3, 2, 2), jnp.float32)
-  f = lambda impl: (lambda w: jnp.sum(jnp.tanh(impl(x, w, (2,), "SAME"))))
-  assert rel_err(jax.hessian(f(jaxseg.conv_transpose))(w), jax.hessian(f(lax.conv_transpose))(w)) < 1e-5
-  g = lambda impl: (lambda x: impl(x, w, (2,), "SAME"))
-  assert rel_err(jax.jacfwd(g(jaxseg.conv_transpose))(x), jax.jacfwd(g(lax.conv_transpose))(x)) < 1e-6
+  f = lambda impl, x: (lambda w: jnp.sum(jnp.tanh(impl(x, w, (2,), "SAME"))))
+  g = lambda impl, w: (lambda x: impl(x, w, (2,), "SAME"))
+  with x64():
+    x64_, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    want = [np.asarray(jax.hessian(f(lax.conv_transpose, x64_))(w64)),
+            np.asarray(jax.jacfwd(g(lax.conv_transpose, w64))(x64_))]
+  assert_close(jax.hessian(f(jaxseg.conv_transpose, x))(w), want[0])
+  assert_close(jax.jacfwd(g(jaxseg.conv_transpose, w))(x), want[1])
 
 
 def test_half_precision_gradients(rng):
@@ -78,7 +88,7 @@ def test_half_precision_gradients(rng):
     theirs = jax.grad(f(lax.conv_transpose), (0, 1))(x, w)
     for a, b in zip(ours, theirs):
       assert a.dtype == b.dtype == jnp.bfloat16
-      assert rel_err(a, b) < 2e-2
+      assert_close(a, b)
 
 
 @pytest.mark.parametrize("transpose_kernel", [False, True])
@@ -94,44 +104,62 @@ def test_vmap(rng, in_axes, transpose_kernel):
   kw = dict(strides=(2, 3), padding=[(1, 2), (0, 1)], transpose_kernel=transpose_kernel)
   ours = jax.vmap(lambda x, w: jaxseg.conv_transpose(x, w, **kw), in_axes)(x, w)
   theirs = jax.vmap(lambda x, w: lax.conv_transpose(x, w, **kw), in_axes)(x, w)
-  assert rel_err(ours, theirs) < 1e-5
+  assert_close(ours, theirs)
   loss = lambda impl: (lambda x, w: jnp.sum(jnp.sin(impl(x, w, **kw))))
   for a, c in zip(jax.vmap(jax.grad(loss(jaxseg.conv_transpose), (0, 1)), in_axes)(x, w),
                   jax.vmap(jax.grad(loss(lax.conv_transpose), (0, 1)), in_axes)(x, w)):
-    assert rel_err(a, c) < 1e-5
+    assert_close(a, c)
 
 
 def test_nested_vmap_of_grad(rng):
   x, w = _inputs(rng, (2, 3, 2, 5, 3), (2, 3, 3, 4), jnp.float32)
   loss = lambda impl: (lambda x, w: jnp.sum(impl(x, w, (2,), "VALID") ** 2))
   f = lambda impl: jax.vmap(jax.vmap(jax.grad(loss(impl), 1), (0, None)), (0, 0))
-  assert rel_err(f(jaxseg.conv_transpose)(x, w), f(lax.conv_transpose)(x, w)) < 1e-5
+  assert_close(f(jaxseg.conv_transpose)(x, w), f(lax.conv_transpose)(x, w))
 
 
-def _targets(fn, *args):
-  hlo = jax.jit(fn).lower(*args).compile().as_text()
-  return set(re.findall(r'custom_call_target="([^"]+)"', hlo)), bool(re.search(r"\bconvolution\(", hlo))
+def _hlo(fn, *args):
+  return jax.jit(fn).lower(*args).compile().as_text()
+
+
+def _targets(hlo):
+  return set(re.findall(r'custom_call_target="([^"]+)"', hlo))
+
+
+def _has_convolution(hlo):
+  return bool(re.search(r"\bconvolution\(", hlo))
+
+
+def _layout_ops(hlo):
+  """Instructions that copy or permute (not names in op_name metadata: an op follows the result shape)."""
+  return re.findall(r"[\]}] (reverse|transpose|copy)\(", hlo)
 
 
 def test_hlo_uses_our_custom_calls(rng):
-  """No silent fallback: a plain 2-D call and its training step compile to our custom calls, no XLA conv."""
+  """No silent fallback: a plain 2-D call and its training step compile to our custom calls, no XLA conv. The
+  patterns are checked on lax's own call first (a positive control: they must find its convolution)."""
   x, w = _inputs(rng, (8, 7, 7, 16), (4, 4, 16, 8), jnp.float32)
+  control = _hlo(lambda x, w: lax.conv_transpose(x, w, (2, 2), "SAME"), x, w)
+  assert _has_convolution(control) and not _targets(control)
   fwd = lambda x, w: jaxseg.conv_transpose(x, w, (2, 2), "SAME")
-  targets, has_conv = _targets(fwd, x, w)
-  assert targets == {FORWARD.target} and not has_conv
-  targets, has_conv = _targets(jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1)), x, w)
-  assert targets == {p.target for p in PASSES}
-  assert not has_conv
+  hlo = _hlo(fwd, x, w)
+  assert _targets(hlo) == {FORWARD.target} and not _has_convolution(hlo)
+  hlo = _hlo(jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1)), x, w)
+  assert _targets(hlo) == {p.target for p in PASSES} and not _has_convolution(hlo)
 
 
 def test_pytorch_oriented_kernel_is_not_copied(rng):
   """transpose_kernel=True: the kernels read the kernel as the user holds it (no flip or transpose in XLA), and the
-  weight gradient comes back in that layout without a copy either."""
+  weight gradient comes back in that layout without a copy either. Positive control: a channels-first call does
+  show its layout transposes to the same pattern."""
   x, w = _inputs(rng, (8, 7, 7, 16), (4, 4, 8, 16), jnp.float32)
+  nchw = lambda x, w: jaxseg.conv_transpose(x, w, (2, 2), "SAME", dimension_numbers=("NCHW", "HWIO", "NCHW"),
+                                            transpose_kernel=True)
+  assert _layout_ops(_hlo(nchw, jnp.moveaxis(x, -1, 1), w))
   fwd = lambda x, w: jaxseg.conv_transpose(x, w, (2, 2), "SAME", transpose_kernel=True)
   for fn in (fwd, jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1))):
-    hlo = jax.jit(fn).lower(x, w).compile().as_text()
-    assert not re.search(r"[\]}] (reverse|transpose|copy)\(", hlo), hlo  # an op, not op_name metadata
+    hlo = _hlo(fn, x, w)
+    assert _targets(hlo) and not _layout_ops(hlo), hlo
 
 
 def test_canonical_call_matches_flipped_kernel(rng):
@@ -146,4 +174,4 @@ def test_canonical_call_matches_flipped_kernel(rng):
   for p, a, b in [(_passes.FORWARD, x, w), (_passes.INPUT_GRAD, dy, w), (_passes.WEIGHT_GRAD, x, dy)]:
     want = _primitives.apply(p, a, b, **params)
     got = _primitives.canonical_call(p, a, b, **params)
-    assert got.shape == want.shape and rel_err(got, want) < 1e-5, p.name
+    assert_close(got, want, err_msg=p.name)

@@ -100,7 +100,7 @@ def _pass_fn(f, which):
   return lambda x, w, ct: jax.vjp(lambda w: f(x, w), w)[1](ct)[0]
 
 
-def _time(fns, rounds, budget_s, slice_s=0.02, gap_s=0.005):
+def _time(fns, rounds, budget_s, slice_s=0.02, gap_s=0.005, clock=time.perf_counter, sleep=time.sleep):
   """Median seconds per call of each of `fns` (name -> callable that blocks until its result is ready).
 
   Timed in rounds: a round times every implementation in turn, each for a few calls (about `slice_s`),
@@ -111,29 +111,31 @@ def _time(fns, rounds, budget_s, slice_s=0.02, gap_s=0.005):
   Between two implementations the machine idles for `gap_s`: PyTorch's OpenMP workers spin on the cores for a
   while after each call, and an implementation timed right then pays for it (a 24 ms jaxseg call took 26-29 ms
   right after a PyTorch call, 24 ms from 1 ms after).
+
+  `clock` and `sleep` are the timer and the idle (tests pass a fake clock).
   """
   names = list(fns)
   calls = {}
   for name in names:
-    t0 = time.perf_counter()
+    t0 = clock()
     fns[name]()
-    calls[name] = max(1, min(50, int(slice_s / max(time.perf_counter() - t0, 1e-6))))
+    calls[name] = max(1, min(50, int(slice_s / max(clock() - t0, 1e-6))))
   times = {name: [] for name in names}
   gc_enabled = gc.isenabled()
   gc.collect()
   gc.disable()  # a collection inside one call would be charged to that implementation alone
   try:
-    start = time.perf_counter()
+    start = clock()
     for r in range(rounds):
-      if r >= 3 and time.perf_counter() - start > budget_s * len(names):
+      if r >= 3 and clock() - start > budget_s * len(names):
         break
       for i in range(len(names)):
         name = names[(r + i) % len(names)]
-        time.sleep(gap_s)
+        sleep(gap_s)
         for _ in range(calls[name]):
-          t0 = time.perf_counter()
+          t0 = clock()
           fns[name]()
-          times[name].append(time.perf_counter() - t0)
+          times[name].append(clock() - t0)
   finally:
     if gc_enabled:
       gc.enable()
