@@ -52,14 +52,15 @@ def _pairs(padding, n: int, name: str = "padding") -> tuple[tuple[int, int], ...
   return tuple(out)
 
 
-def torch_padding(kernel_size, padding, output_padding=0, dilation=1) -> tuple[tuple[int, int], ...]:
+def torch_padding(kernel_size, padding, output_padding=0, dilation=1, *, stride=None
+                  ) -> tuple[tuple[int, int], ...]:
   """Explicit `conv_transpose` padding that reproduces a PyTorch `ConvTranspose{1,2,3}d`.
 
   PyTorch's `ConvTranspose2d(c_in, c_out, k, stride, padding, output_padding, dilation=d)` with weight `W` of
   shape `(c_in, c_out, kh, kw)` equals::
 
     jaxseg.conv_transpose(x_nhwc, W.permute(2, 3, 1, 0), strides,
-                          jaxseg.torch_padding(k, padding, output_padding, d),
+                          jaxseg.torch_padding(k, padding, output_padding, d, stride=strides),
                           rhs_dilation=(d, d), transpose_kernel=True)
 
   that is, the weight permuted to `(k..., c_out, c_in)` and the pads `(d*(k-1) - p, d*(k-1) - p + output_padding)`
@@ -67,50 +68,85 @@ def torch_padding(kernel_size, padding, output_padding=0, dilation=1) -> tuple[t
 
   Args:
     kernel_size: int or sequence of ints, the kernel's spatial size.
-    padding: int or sequence, PyTorch's `padding`.
-    output_padding: int or sequence, PyTorch's `output_padding`.
-    dilation: int or sequence, PyTorch's `dilation`.
+    padding: int or sequence, PyTorch's `padding` (of the forward convolution; >= 0).
+    output_padding: int or sequence, PyTorch's `output_padding` (>= 0).
+    dilation: int or sequence, PyTorch's `dilation` (>= 1).
+    stride: int or sequence, PyTorch's `stride` (>= 1). Only checked: with it, `output_padding` must be smaller
+      than the stride or the dilation, as PyTorch requires.
 
   Returns:
     A tuple of `(low, high)` pairs, one per spatial dimension.
+
+  Raises:
+    TypeError: an argument is not an int or a sequence of ints.
+    ValueError: an argument breaks one of PyTorch's rules (named in the message) or the lengths differ.
   """
-  lengths = [len(v) for v in (kernel_size, padding, output_padding, dilation) if isinstance(v, Sequence)]
+  args = {"kernel_size": kernel_size, "padding": padding, "output_padding": output_padding, "dilation": dilation}
+  if stride is not None:
+    args["stride"] = stride
+  lengths = [len(v) for v in args.values() if isinstance(v, Sequence)]
   n = lengths[0] if lengths else 1
-  k = _int_tuple(kernel_size, n, "kernel_size")
-  p = _int_tuple(padding, n, "padding")
-  op = _int_tuple(output_padding, n, "output_padding")
-  d = _int_tuple(dilation, n, "dilation")
-  if any(v < 1 for v in k):
-    raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
-  if any(v < 1 for v in d):
-    raise ValueError(f"dilation must be positive, got {dilation!r}")
-  if any(v < 0 for v in p) or any(v < 0 for v in op):
-    raise ValueError(f"padding and output_padding must be non-negative, got {padding!r} and {output_padding!r}")
-  return tuple(tuple(_ext.cpu.torch_padding(*a)) for a in zip(k, p, op, d))
+  v = {name: _int_tuple(value, n, name) for name, value in args.items()}
+  rules = [("kernel_size", 1, "kernel size should be greater than zero"),
+           ("dilation", 1, "dilation should be greater than zero"),
+           ("stride", 1, "non-positive stride is not supported"),
+           ("padding", 0, "negative padding is not supported"),
+           ("output_padding", 0, "negative output_padding is not supported")]
+  for name, least, rule in rules:
+    if name in v and any(x < least for x in v[name]):
+      raise ValueError(f"{name} {args[name]!r}: {rule} (PyTorch's rule)")
+  if "stride" in v and any(op >= max(s, d) for op, s, d in zip(v["output_padding"], v["stride"], v["dilation"])):
+    raise ValueError(f"output_padding {output_padding!r} must be smaller than either stride {stride!r} or dilation "
+                     f"{dilation!r} in every dimension (PyTorch's rule)")
+  return tuple(tuple(_ext.cpu.torch_padding(*a)) for a in
+               zip(v["kernel_size"], v["padding"], v["output_padding"], v["dilation"]))
 
 
-def _transpose_padding(padding, kernel_spatial, strides, dilation, use_consistent_padding):
-  """Explicit (low, high) padding of the dilated input, as jax.lax.conv_transpose reads `padding`."""
+def _transpose_padding(padding, in_spatial, kernel_spatial, strides, dilation, use_consistent_padding):
+  """Explicit (low, high) padding of the dilated input, as jax.lax.conv_transpose reads `padding`.
+
+  Exactly 'SAME' and 'VALID' are the padding of the forward convolution this is the transpose of (the geometry's
+  StringPadding). Any other string is, as in lax, handed to the stride-1 convolution of the dilated input as
+  its own padding type ('same', 'valid', 'SAME_LOWER', ... computed on the undilated input), which lax only
+  allows at unit stride. With use_consistent_padding pairs are the forward convolution's padding (PyTorch's)."""
   n = len(strides)
   eff = [_ext.cpu.effective_kernel_size(k, d) for k, d in zip(kernel_spatial, dilation)]
   if isinstance(padding, str):
-    mode = padding.upper()
-    if mode not in ("SAME", "VALID"):
+    if padding in ("SAME", "VALID"):
+      return tuple(tuple(_ext.cpu.string_padding(padding, k, s)) for k, s in zip(eff, strides))
+    if use_consistent_padding:
+      raise ValueError(f"padding must be 'SAME', 'VALID' or (low, high) pairs with use_consistent_padding=True, "
+                       f"got {padding!r}")
+    if padding.upper() not in ("SAME", "VALID", "SAME_LOWER"):
       raise ValueError(f"padding must be 'SAME', 'VALID' or a sequence of (low, high) pairs, got {padding!r}")
-    return tuple(tuple(_ext.cpu.string_padding(mode, k, s)) for k, s in zip(eff, strides))
+    if any(s != 1 for s in strides):
+      raise ValueError(f"padding {padding!r} (not exactly 'SAME' or 'VALID') is read as the padding type of the "
+                       f"stride-1 convolution of the dilated input, which jax.lax.conv_transpose allows only with "
+                       f"unit strides; got strides {strides}. Use 'SAME', 'VALID' or explicit pairs.")
+    return tuple(tuple(int(v) for v in p) for p in lax.padtype_to_pads(in_spatial, eff, (1,) * n, padding))
   pads = _pairs(padding, n)
   if use_consistent_padding:
     return tuple(tuple(_ext.cpu.consistent_padding(k, lo, hi)) for k, (lo, hi) in zip(eff, pads))
   return pads
 
 
-def _out_dtype(dtype, preferred_element_type):
+def _result_dtype(dtype, preferred_element_type):
+  """The result dtype, with lax's rules for `preferred_element_type`: integer operands may give an integer or a
+  floating result, floating ones a floating result, complex ones a complex result; signed integers stay signed;
+  never narrower than the operands."""
+  dtype = np.dtype(dtype)
   if preferred_element_type is None:
-    return np.dtype(dtype)
+    return dtype
   pref = np.dtype(preferred_element_type)
-  if jnp.issubdtype(dtype, jnp.floating) != jnp.issubdtype(pref, jnp.floating) or (
-      pref.itemsize < np.dtype(dtype).itemsize):
-    raise TypeError(f"preferred_element_type {pref} must not be narrower than the operands' {np.dtype(dtype)}")
+  kind = lambda d: next((k for k in (np.integer, np.floating, np.complexfloating) if jnp.issubdtype(d, k)), None)
+  if not (kind(dtype) is np.integer and kind(pref) is np.floating):
+    if kind(dtype) is not kind(pref):
+      raise TypeError(f"preferred_element_type {pref} is incompatible with {dtype} operands: the combinations are "
+                      "(integral, integral), (integral, floating), (floating, floating), (complex, complex)")
+    if jnp.issubdtype(dtype, np.signedinteger) and not jnp.issubdtype(pref, np.signedinteger):
+      raise TypeError(f"preferred_element_type {pref} must be signed like the {dtype} operands")
+  if pref.itemsize < dtype.itemsize:
+    raise TypeError(f"preferred_element_type {pref} must not be narrower than the operands' {dtype}")
   return pref
 
 
@@ -172,11 +208,12 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
     raise type(e)(f"invalid dimension_numbers {dimension_numbers!r}: {e}") from None
   if lhs.dtype != rhs.dtype:
     raise TypeError(f"lhs and rhs must have the same dtype, got {lhs.dtype} and {rhs.dtype}")
-  out_dtype = _out_dtype(lhs.dtype, preferred_element_type)
+  out_dtype = _result_dtype(lhs.dtype, preferred_element_type)
 
   kernel_spatial = tuple(rhs.shape[i] for i in dn.rhs_spec[2:])
   in_spatial = tuple(lhs.shape[i] for i in dn.lhs_spec[2:])
-  pads = _transpose_padding(padding, kernel_spatial, strides, dilation, use_consistent_padding)
+  pads = _transpose_padding(padding, in_spatial, kernel_spatial, strides, dilation, use_consistent_padding)
+  precision = _canonical_precision(precision)
 
   # The kernel's input-feature axis after an optional transpose_kernel swap must match lhs's features.
   in_axis, out_axis = (dn.rhs_spec[0], dn.rhs_spec[1]) if transpose_kernel else (dn.rhs_spec[1], dn.rhs_spec[0])
@@ -193,11 +230,14 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
                               transpose_kernel=transpose_kernel, precision=precision,
                               preferred_element_type=preferred_element_type)
   geometry = Geometry(strides, dilation, pads, in_spatial, kernel_spatial, bool(transpose_kernel))
-  for i, size in enumerate(geometry.out_spatial):
-    if size < 1:
-      raise ValueError(
-          f"padding {pads[i]} leaves spatial dimension {i} of the output empty (size {size}) for input size "
-          f"{in_spatial[i]}, kernel size {kernel_spatial[i]}, stride {strides[i]}, dilation {dilation[i]}")
+  for i, (h, k, s, d, (lo, hi)) in enumerate(zip(in_spatial, kernel_spatial, strides, dilation, pads)):
+    if (h - 1) * s + 1 + lo + hi < 0:  # lax's check: the padded, dilated input may be empty, not negative
+      raise ValueError(f"padding {pads[i]} crops more than the {(h - 1) * s + 1} elements of the dilated input "
+                       f"on spatial dimension {i} (input size {h}, stride {s})")
+  out_spatial = tuple(max(size, 0) for size in geometry.out_spatial)
+  if 0 in out_spatial:  # as in lax, a kernel larger than the padded input gives an empty result
+    shape = dict(zip(dn.out_spec, (lhs.shape[dn.lhs_spec[0]], rhs.shape[out_axis], *out_spatial)))
+    return jnp.zeros(tuple(shape[a] for a in range(n + 2)), out_dtype)
 
   # Canonical operands: x (1, N, H..., Ci), w (1, K..., Ci, Co). transpose_kernel flips the spatial axes and
   # reads the kernel's feature axes the other way round; the kernels read such a kernel as it is (Co before Ci,
@@ -210,7 +250,7 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
     geometry = Geometry((1,), (1,), ((0, 0),), (1,), (1,))
   compute_dtype = out_dtype if out_dtype == np.float64 else x.dtype
   y = _primitives.apply(FORWARD, x.astype(compute_dtype), w.astype(compute_dtype), geometry=geometry,
-                        out_dtype=out_dtype, precision=_canonical_precision(precision))[0]
+                        out_dtype=out_dtype, precision=precision)[0]
   if n == 0:
     y = y[:, 0]
   # Canonical (N, O..., Co) to the requested output layout.
@@ -220,15 +260,17 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
 
 
 def _canonical_precision(precision):
-  """A hashable precision parameter: None, a lax.Precision, or a pair of them."""
-  if precision is None:
-    return None
+  """A hashable precision parameter, as lax takes it: None, a lax.Precision or its name, a pair of those, or a
+  dot algorithm (lax.DotAlgorithmPreset, lax.DotAlgorithm). The CPU kernels compute exactly in the accumulation
+  type whatever is asked, as XLA's CPU convolutions do."""
+  if precision is None or isinstance(precision, (lax.DotAlgorithmPreset, lax.DotAlgorithm)):
+    return precision
   if isinstance(precision, (tuple, list)):
     if len(precision) != 2:
       raise ValueError(f"precision must be None, a Precision or a pair of them, got {precision!r}")
-    return tuple(lax.Precision(p) if p is not None else None for p in precision)
+    return tuple(_canonical_precision(p) if p is not None else None for p in precision)
   try:
     return lax.Precision(precision)
   except (ValueError, KeyError, TypeError):
-    raise ValueError(f"precision must be None, a lax.Precision, a string such as 'highest', or a pair of them; got "
-                     f"{precision!r}") from None
+    raise ValueError(f"precision must be None, a lax.Precision, a string such as 'highest', a pair of them, or a "
+                     f"lax.DotAlgorithmPreset; got {precision!r}") from None

@@ -68,4 +68,4 @@ def torch_module_args(kernel_size, stride, padding, output_padding, dilation):
   n = len(kernel_size) if isinstance(kernel_size, Sequence) else 1
   ks = as_tuple(kernel_size, n)
   return dict(kernel_size=ks, strides=as_tuple(stride, n), kernel_dilation=as_tuple(dilation, n),
-              padding=torch_padding(ks, padding, output_padding, dilation), transpose_kernel=True)
+              padding=torch_padding(ks, padding, output_padding, dilation, stride=stride), transpose_kernel=True)
