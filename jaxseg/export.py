@@ -5,16 +5,15 @@ other, with one difference: its StableHLO holds jaxseg's custom calls, and `jax.
 only when told that its target may be trusted. `export` below is `jax.export.export` with exactly jaxseg's targets
 allowed; `disabled_checks()` gives the same allowances to pass to `jax.export.export` yourself::
 
-  import jax, jaxseg, jaxseg.export
+  import jax, jax.numpy as jnp, jaxseg.export
 
-  b = jax.export.symbolic_shape("b")[0]
-  exported = jaxseg.export.export(jax.jit(generator))(
-      jax.ShapeDtypeStruct((b, 7, 7, 128), jnp.float32), ...)
-  blob = exported.serialize()                        # bytes: store them
+  b, = jax.export.symbolic_shape("b")                # any batch size
+  exported = jaxseg.export.export(jax.jit(generator))(params_specs, jax.ShapeDtypeStruct((b, 100), jnp.float32))
+  blob = exported.serialize()                        # bytes: store them (serialization needs `flatbuffers`)
 
   # in the serving process
   exported = jaxseg.export.deserialize(blob)         # imports jaxseg, checks its targets are registered
-  y = exported.call(x, ...)                          # any batch size
+  y = exported.call(params, z)                       # z of any batch size
 
 What an artifact needs where it is called: jaxseg imported in that process (the import registers the FFI
 targets with XLA), and a jaxseg that registers every target the artifact names. Target names carry the version

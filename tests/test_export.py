@@ -230,6 +230,23 @@ def test_export_for_cpu_and_cuda_on_a_cpu_machine(rng):
 
 
 @pytest.mark.cpu_only
+def test_xla_convolution_paths_take_symbolic_shapes(rng):
+  """Where jaxseg has no kernels it lowers to XLA's convolution (a platform without them: TPU; integer operands:
+  lax.conv_transpose itself), with the same symbolic shapes."""
+  specs = _specs(["b, h, 16", (4, 16, 16)])
+  grads = jax.jit(_with_grads(lambda x, w: jaxseg.conv_transpose(x, w, (2,), "SAME")))
+  exported = jaxseg.export.export(grads, platforms=("cpu", "tpu"))(*specs)
+  assert "stablehlo.convolution" in exported.mlir_module()
+  assert [str(a) for a in exported.out_avals] == ["float32[b,2*h,16]", "float32[b,h,16]", "float32[4,16,16]"]
+  x, w = rng.standard_normal((2, 5, 16), np.float32), rng.standard_normal((4, 16, 16), np.float32)
+  for got, want in zip(_round_trip(exported).call(x, w), grads(x, w)):
+    assert_close(got, want)
+  ints = jax.jit(lambda x, w: jaxseg.conv_transpose(x.astype(jnp.int32), w.astype(jnp.int32), (2,), "SAME"))
+  exported = jaxseg.export.export(ints)(*specs)
+  assert str(exported.out_avals[0]) == "int32[b,2*h,16]" and not jaxseg.export.jaxseg_targets(exported)
+
+
+@pytest.mark.cpu_only
 def test_sharded_export_is_refused_and_shard_map_exports():
   code = textwrap.dedent("""
       import numpy as np, jax, jax.numpy as jnp, pytest
