@@ -88,8 +88,12 @@ def jaxseg_targets(exported: jax.export.Exported) -> tuple[str, ...]:
 
 
 def check_targets(exported: jax.export.Exported) -> None:
-  """Raises ValueError, naming them, if `exported` calls jaxseg targets that this jaxseg does not register."""
-  missing = [t for t in jaxseg_targets(exported) if t not in TARGETS]
+  """Raises ValueError, naming them, if `exported` or a VJP serialized with it (`serialize(vjp_order=...)`)
+  calls jaxseg targets that this jaxseg does not register."""
+  modules = [exported]
+  while modules[-1].has_vjp():
+    modules.append(modules[-1].vjp())
+  missing = sorted({t for m in modules for t in jaxseg_targets(m)} - set(TARGETS))
   if missing:
     from jaxseg import __version__
     raise ValueError(

@@ -138,6 +138,19 @@ def test_flax_module_exports_with_symbolic_batch(rng, api):
     assert_close(loaded.call(params, x), jax.jit(theirs)(params, x))
 
 
+def test_gradient_of_a_loaded_artifact(rng):
+  """An artifact serialized with its VJP (`vjp_order=1`) is differentiable where it is loaded, on our kernels."""
+  f = jax.jit(lambda x, w: jaxseg.conv_transpose(x, w, (2,), "SAME"))
+  loaded = jaxseg.export.deserialize(
+      jaxseg.export.export(f)(*_specs(["b, h, 16", (4, 16, 16)])).serialize(vjp_order=1))
+  # The VJP's module holds both gradient passes.
+  assert list(jaxseg.export.jaxseg_targets(loaded.vjp())) == OUR_TARGETS[1:]
+  x, w = rng.standard_normal((3, 5, 16), np.float32), rng.standard_normal((4, 16, 16), np.float32)
+  loss = lambda conv: jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), (0, 1))
+  for got, want in zip(loss(loaded.call)(x, w), loss(lambda x, w: lax.conv_transpose(x, w, (2,), "SAME"))(x, w)):
+    assert_close(got, want)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The export helpers and what an artifact needs at load time.
 
