@@ -7,6 +7,7 @@ where built); `jaxseg.linen.ConvTranspose` and `jaxseg.nnx.ConvTranspose` are dr
 from jaxseg import _ext  # noqa: F401  (registers the custom-call targets)
 from jaxseg._conv import conv_transpose, torch_padding
 from jaxseg import linen, nnx  # noqa: E402  (flax modules: jaxseg.linen.ConvTranspose, jaxseg.nnx.ConvTranspose)
+from jaxseg import export  # noqa: E402  (jax.export helpers: jaxseg.export.export, jaxseg.export.deserialize)
 
 
 def clear_cpu_buffer_cache() -> None:
@@ -16,4 +17,4 @@ def clear_cpu_buffer_cache() -> None:
 
 __version__ = "0.1.0"
 
-__all__ = ["conv_transpose", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx", "__version__"]
+__all__ = ["conv_transpose", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx", "export", "__version__"]

@@ -8,7 +8,8 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+from jax import export, lax
+from jax.errors import InconclusiveDimensionOperation
 
 from jaxseg import _ext, _primitives
 from jaxseg._passes import FORWARD, KERNEL_DTYPES, MAX_SPATIAL_DIMS, Geometry
@@ -130,6 +131,23 @@ def _transpose_padding(padding, in_spatial, kernel_spatial, strides, dilation, u
   return pads
 
 
+def _at_least(size, bound: int, what: str) -> bool:
+  """Whether an axis size, an int or a jax.export symbolic dimension, is >= bound.
+
+  Symbolic dimension variables are >= 1, but an expression of them (an output size `2*h - 2`, an input sliced to
+  `h - 1`) may be smaller for some values; jax decides the comparison where it can. Where it cannot, jaxseg
+  cannot pick between its kernels and the empty-axis path at trace time, so this raises ValueError saying which
+  constraint to declare (jax.export.symbolic_shape(..., constraints=...)).
+  """
+  try:
+    return bool(size >= bound)
+  except InconclusiveDimensionOperation as e:
+    raise ValueError(
+        f"{what} has the symbolic size {size}, which is not >= {bound} for every value of its dimension "
+        f"variables, and jaxseg must know at trace time which case it is. Declare it where the symbolic shape "
+        f"is made, e.g. jax.export.symbolic_shape(..., constraints=('{size} >= {bound}',)).") from e
+
+
 def _result_dtype(dtype, preferred_element_type):
   """The result dtype, with lax's rules for `preferred_element_type`: integer operands may give an integer or a
   floating result, floating ones a floating result, complex ones a complex result; signed integers stay signed;
@@ -181,6 +199,17 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
 
   Operands of integer or complex dtype, empty kernels and empty input spatial dimensions go to
   `jax.lax.conv_transpose` itself; every other configuration runs on jaxseg's kernels.
+
+  Shape polymorphism (`jax.export` with symbolic shapes): the batch, feature and input spatial sizes may be
+  symbolic; the kernel's spatial sizes, strides, dilation and padding must be concrete. Output sizes are symbolic
+  expressions as in `lax.conv_transpose` (e.g. `2*h` for stride 2, 'SAME'). See `jaxseg.export`.
+
+  Raises:
+    TypeError: operands of different ranks or dtypes, an argument of the wrong type, or a
+      `preferred_element_type` narrower than the operands.
+    ValueError: an argument of the wrong length or value; feature counts that disagree; an output spatial axis
+      that would be empty; a kernel with symbolic spatial sizes; a symbolic input or output size that jax cannot
+      prove to be >= 1 (the message names the constraint to declare).
   """
   lhs = jnp.asarray(lhs)
   rhs = jnp.asarray(rhs)
@@ -212,6 +241,10 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
 
   kernel_spatial = tuple(rhs.shape[i] for i in dn.rhs_spec[2:])
   in_spatial = tuple(lhs.shape[i] for i in dn.lhs_spec[2:])
+  # The kernels' tap tables need the kernel's spatial size; batch, channels and input sizes may be symbolic.
+  if any(export.is_symbolic_dim(k) for k in kernel_spatial):
+    raise ValueError(f"rhs must have concrete spatial sizes (jaxseg plans its taps from them at trace time), got "
+                     f"{kernel_spatial} (rhs {rhs.shape}, dimension_numbers {dimension_numbers!r})")
   pads = _transpose_padding(padding, in_spatial, kernel_spatial, strides, dilation, use_consistent_padding)
   precision = _canonical_precision(precision)
 
@@ -224,18 +257,22 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
         f"transpose_kernel={transpose_kernel})")
 
   fallback = (np.dtype(lhs.dtype) not in KERNEL_DTYPES or not jnp.issubdtype(out_dtype, jnp.floating)
-              or 0 in kernel_spatial or 0 in in_spatial)
+              or 0 in kernel_spatial
+              or not all(_at_least(h, 1, f"spatial dimension {i} of lhs") for i, h in enumerate(in_spatial)))
   if fallback:
     return lax.conv_transpose(lhs, rhs, strides, pads, rhs_dilation=dilation, dimension_numbers=dn,
                               transpose_kernel=transpose_kernel, precision=precision,
                               preferred_element_type=preferred_element_type)
   geometry = Geometry(strides, dilation, pads, in_spatial, kernel_spatial, bool(transpose_kernel))
-  for i, (h, k, s, d, (lo, hi)) in enumerate(zip(in_spatial, kernel_spatial, strides, dilation, pads)):
-    if (h - 1) * s + 1 + lo + hi < 0:  # lax's check: the padded, dilated input may be empty, not negative
-      raise ValueError(f"padding {pads[i]} crops more than the {(h - 1) * s + 1} elements of the dilated input "
-                       f"on spatial dimension {i} (input size {h}, stride {s})")
-  out_spatial = tuple(max(size, 0) for size in geometry.out_spatial)
-  if 0 in out_spatial:  # as in lax, a kernel larger than the padded input gives an empty result
+  out_spatial = []
+  for i, (h, size, s, (lo, hi)) in enumerate(zip(in_spatial, geometry.out_spatial, strides, pads)):
+    dilated = (h - 1) * s + 1
+    if not _at_least(dilated + lo + hi, 0, f"the padded input of spatial dimension {i}"):
+      # lax's check: the padded, dilated input may be empty, not negative.
+      raise ValueError(f"padding {pads[i]} crops more than the {dilated} elements of the dilated input on "
+                       f"spatial dimension {i} (input size {h}, stride {s})")
+    out_spatial.append(size if _at_least(size, 1, f"spatial dimension {i} of the output") else 0)
+  if 0 in out_spatial:  # as in lax, a kernel longer than the padded input gives an empty result
     shape = dict(zip(dn.out_spec, (lhs.shape[dn.lhs_spec[0]], rhs.shape[out_axis], *out_spatial)))
     return jnp.zeros(tuple(shape[a] for a in range(n + 2)), out_dtype)
 

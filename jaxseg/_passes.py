@@ -38,8 +38,10 @@ _ROLE_FACTORS = {
 def output_size(in_size, kernel_size: int, stride: int, dilation: int, pad_lo: int, pad_hi: int):
   """Length of an output axis: (H-1)*s + 1 + lo + hi - (d*(K-1)+1) + 1, as common/phase_geometry.h computes it.
 
-  Written in Python so that it also takes jax's symbolic dimensions (jax.export with symbolic shapes); a test
-  holds it to the extension's `output_size` on random geometries. A symbolic `in_size` is taken as >= 1.
+  Written in Python so that it also takes jax's symbolic dimensions (jax.export with symbolic shapes) and then
+  returns a symbolic expression (`2*h` for 'SAME' at stride 2); a test holds it to the extension's `output_size`
+  on random geometries. A symbolic `in_size` is taken as >= 1: `conv_transpose` proves that before it builds a
+  Geometry (an empty input axis goes to lax), so the kernels' rule for an empty axis is needed for ints only.
   """
   dilated_in = 0 if isinstance(in_size, (int, np.integer)) and in_size == 0 else (in_size - 1) * stride + 1
   effective_kernel = 0 if kernel_size == 0 else dilation * (kernel_size - 1) + 1

@@ -140,13 +140,23 @@ def _batch_rule(p: Pass, args, dims, *, geometry, **params):
 
 
 def _spans_devices(ctx) -> bool:
-  """Whether this lowering is for a computation over several devices (then the partitioner needs our rules)."""
+  """Whether this lowering is for a computation over several devices (then the partitioner needs our rules).
+  Not inside a shard_map manual over every mesh axis: there each device runs the call on its own operands."""
   axis_context = ctx.module_context.axis_context
   devices = getattr(axis_context, "device_assignment", None)
   if devices is not None:
     return len(devices) > 1
   mesh = getattr(axis_context, "mesh", None)
-  return mesh is not None and mesh.size > 1
+  manual = getattr(axis_context, "manual_axes", ())
+  return mesh is not None and mesh.size > 1 and set(manual) != set(mesh.axis_names)
+
+
+def _lowering_for_export(ctx) -> bool:
+  """Whether this lowering is for `jax.export`.
+
+  Private jax API (the lowering context's `lowering_parameters.for_export`, present in jax 0.10 and later);
+  kept to this one function so that it can move to a compatibility module. False where it is missing."""
+  return bool(getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False))
 
 
 def _within_cuda_limits(geometry: Geometry) -> bool:
@@ -190,6 +200,12 @@ def _kernel_lowering(p: Pass, platform: str):
       return mlir.lower_fun(partial(canonical_call, p, **params), multiple_results=False)(ctx, a, b)
     if not _spans_devices(ctx):
       return direct(ctx, a, b, **geometry.ffi_attributes())
+    if _lowering_for_export(ctx):
+      # custom_partitioning's rules are Python callbacks held by this process: jax cannot serialize them.
+      raise NotImplementedError(
+          f"jaxseg {p.name}: exporting a computation sharded over several devices is not supported (jaxseg's "
+          "partitioning rules cannot be serialized). Export a shard_map of the function, or a single-device "
+          "function.")
     call = partial(_partitioning.partitioned_call, p, geometry, out_dtype)
     return mlir.lower_fun(call, multiple_results=False)(ctx, a, b)
 
