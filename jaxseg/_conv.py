@@ -266,12 +266,15 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
   geometry = Geometry(strides, dilation, pads, in_spatial, kernel_spatial, bool(transpose_kernel))
   out_spatial = []
   for i, (h, size, s, (lo, hi)) in enumerate(zip(in_spatial, geometry.out_spatial, strides, pads)):
+    if _at_least(size, 1, f"spatial dimension {i} of the output"):
+      out_spatial.append(size)
+      continue
     dilated = (h - 1) * s + 1
     if not _at_least(dilated + lo + hi, 0, f"the padded input of spatial dimension {i}"):
       # lax's check: the padded, dilated input may be empty, not negative.
       raise ValueError(f"padding {pads[i]} crops more than the {dilated} elements of the dilated input on "
                        f"spatial dimension {i} (input size {h}, stride {s})")
-    out_spatial.append(size if _at_least(size, 1, f"spatial dimension {i} of the output") else 0)
+    out_spatial.append(0)
   if 0 in out_spatial:  # as in lax, a kernel longer than the padded input gives an empty result
     shape = dict(zip(dn.out_spec, (lhs.shape[dn.lhs_spec[0]], rhs.shape[out_axis], *out_spatial)))
     return jnp.zeros(tuple(shape[a] for a in range(n + 2)), out_dtype)
