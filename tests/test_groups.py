@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax import lax
 
 import jaxseg
@@ -208,3 +209,51 @@ def test_hlo_holds_only_our_custom_calls(rng, transpose_kernel):
   assert targets == {PASSES[0].target} and not has_conv
   targets, has_conv = _compiled_ops(jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1)), x, w)
   assert targets == {p.target for p in PASSES} and not has_conv
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The flax modules.
+
+
+def test_linen_and_nnx_grouped(rng):
+  x = jnp.asarray(rng.standard_normal((2, 5, 4, 6)), jnp.float32)
+  cfg = dict(kernel_size=(3, 3), strides=(2, 2), padding="SAME")
+  linen = jaxseg.linen.ConvTranspose(9, feature_group_count=3, **cfg)
+  params = linen.init(jax.random.key(0), x)
+  kernel, bias = params["params"]["kernel"], params["params"]["bias"]
+  assert kernel.shape == (3, 3, 2, 9)
+  want = lax_grouped(x, kernel, (2, 2), _explicit("SAME", kernel, (2, 2), {}), feature_group_count=3) + bias
+  assert_close(jax.jit(linen.apply)(params, x), want)
+
+  ks, strides = cfg.pop("kernel_size"), cfg.pop("strides")
+  layer = jaxseg.nnx.ConvTranspose(6, 9, ks, strides, feature_group_count=3, rngs=nnx.Rngs(0), **cfg)
+  assert layer.kernel.shape == layer.kernel_shape == (3, 3, 2, 9)
+  layer.kernel[...], layer.bias[...] = kernel, bias
+  assert_close(nnx.jit(lambda layer, x: layer(x))(layer, x), want)
+  # PyTorch's orientation: (k..., out / G, in).
+  assert jaxseg.nnx.ConvTranspose(6, 9, ks, strides, feature_group_count=3, transpose_kernel=True,
+                                  rngs=nnx.Rngs(0)).kernel.shape == (3, 3, 3, 6)
+  for bad, exc in ((4, ValueError), (0, ValueError), (1.0, TypeError)):
+    with pytest.raises(exc, match="feature_group_count"):
+      jaxseg.nnx.ConvTranspose(6, 9, ks, strides, feature_group_count=bad, rngs=nnx.Rngs(0))
+    with pytest.raises(exc, match="feature_group_count"):
+      jaxseg.linen.ConvTranspose(9, ks, strides, feature_group_count=bad).init(jax.random.key(0), x)
+
+
+def test_torch_style_groups_match_torch(rng):
+  torch = pytest.importorskip("torch")
+  layer = torch.nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, groups=2).double()
+  x = rng.standard_normal((2, 6, 5, 4))
+  want = layer(torch.from_numpy(x)).detach().numpy()
+  kernel = np.transpose(layer.weight.detach().numpy(), (2, 3, 1, 0)).astype(np.float32)  # (3, 3, 2, 6)
+  bias = layer.bias.detach().numpy().astype(np.float32)
+  x_last = jnp.asarray(np.moveaxis(x, 1, -1), jnp.float32)
+  m = jaxseg.linen.ConvTranspose.torch_style(4, (3, 3), stride=2, padding=1, output_padding=1, groups=2)
+  assert jax.eval_shape(m.init, jax.random.key(0), x_last)["params"]["kernel"].shape == kernel.shape
+  got = m.apply({"params": {"kernel": kernel, "bias": bias}}, x_last)
+  assert_close(np.moveaxis(np.asarray(got), -1, 1), want, np.float32)
+  mn = jaxseg.nnx.ConvTranspose.torch_style(6, 4, (3, 3), stride=2, padding=1, output_padding=1, groups=2,
+                                            rngs=nnx.Rngs(0))
+  assert mn.kernel.shape == kernel.shape
+  mn.kernel[...], mn.bias[...] = kernel, bias
+  assert_close(np.moveaxis(np.asarray(mn(x_last)), -1, 1), want, np.float32)
