@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax.linen.linear import canonicalize_padding
 
-from jaxseg._conv import conv_transpose, torch_padding
+from jaxseg._conv import _feature_group_count, conv_transpose, torch_padding
 
 
 def as_tuple(value, n: int) -> tuple[int, ...]:
@@ -20,26 +20,18 @@ def as_tuple(value, n: int) -> tuple[int, ...]:
   return tuple(value)
 
 
-def check_groups(feature_group_count, in_features: int, out_features: int):
-  """Raises TypeError or ValueError unless feature_group_count is a positive int dividing both feature counts."""
-  if isinstance(feature_group_count, bool) or not isinstance(feature_group_count, int):
-    raise TypeError(f"feature_group_count must be an integer, got {feature_group_count!r}")
-  if feature_group_count < 1:
-    raise ValueError(f"feature_group_count must be >= 1, got {feature_group_count}")
-  for name, features in (("input", in_features), ("output", out_features)):
-    if features % feature_group_count:
-      raise ValueError(f"feature_group_count={feature_group_count} must divide the number of {name} features "
-                       f"({features})")
-
-
 def kernel_shape(kernel_size: Sequence[int], in_features: int, out_features: int, transpose_kernel: bool,
                  feature_group_count: int = 1):
   """The kernel's shape: (k..., in / G, out), or (k..., out / G, in) with transpose_kernel (PyTorch's grouped
-  weight permuted); the groups split the last axis (see `jaxseg.conv_transpose`)."""
-  check_groups(feature_group_count, in_features, out_features)
+  weight permuted); the groups split the last axis (see `jaxseg.conv_transpose`). Raises TypeError or ValueError
+  unless G is a positive integer dividing both feature counts."""
+  g = _feature_group_count(feature_group_count)
+  for name, features in (("input", in_features), ("output", out_features)):
+    if features % g:
+      raise ValueError(f"feature_group_count={g} must divide the number of {name} features ({features})")
   if transpose_kernel:
-    return tuple(kernel_size) + (out_features // feature_group_count, in_features)
-  return tuple(kernel_size) + (in_features // feature_group_count, out_features)
+    return tuple(kernel_size) + (out_features // g, in_features)
+  return tuple(kernel_size) + (in_features // g, out_features)
 
 
 def check_mask(mask, shape):
