@@ -27,7 +27,7 @@ class ConvTranspose(nnx.ConvTranspose):
       each from in_features / G inputs to out_features / G outputs (see `jaxseg.conv_transpose`). The kernel
       then has shape `(k..., in_features / G, out_features)`, or `(k..., out_features / G, in_features)` with
       `transpose_kernel` (PyTorch's grouped weight permuted), drawn from `kernel_init` with that shape. Raises
-      ValueError unless G divides both feature counts.
+      TypeError unless G is an integer, ValueError unless it is positive and divides both feature counts.
 
   Example: a depthwise upsampling (one 4x4 filter per channel)::
 
