@@ -1,7 +1,8 @@
 """jaxseg: fast transposed convolution for JAX by unified kernel segregation.
 
 `jaxseg.conv_transpose` is a drop-in for `jax.lax.conv_transpose` computed by XLA custom calls (CPU, and CUDA
-where built); `jaxseg.linen.ConvTranspose` and `jaxseg.nnx.ConvTranspose` are drop-ins for flax's modules.
+where built); `jaxseg.linen.ConvTranspose` and `jaxseg.nnx.ConvTranspose` are drop-ins for flax's modules,
+`jaxseg.equinox.ConvTranspose` for equinox's (imported on first use: equinox is an optional dependency).
 """
 
 from jaxseg import _ext  # noqa: F401  (registers the custom-call targets)
@@ -13,6 +14,15 @@ from jaxseg import export  # noqa: E402  (jax.export helpers: jaxseg.export.expo
 def clear_cpu_buffer_cache() -> None:
   """Frees the packed-kernel buffers the CPU kernels keep between calls (at most 8 buffers, 256 MiB)."""
   _ext.cpu.clear_buffer_cache()
+
+
+def __getattr__(name):
+  # jaxseg.equinox needs equinox, which jaxseg does not: imported when first asked for, not with jaxseg.
+  if name == "equinox":
+    import importlib
+
+    return importlib.import_module("jaxseg.equinox")
+  raise AttributeError(f"module 'jaxseg' has no attribute {name!r}")
 
 
 __version__ = "0.1.0"

@@ -148,6 +148,41 @@ def _at_least(size, bound: int, what: str) -> bool:
         f"is made, e.g. jax.export.symbolic_shape(..., constraints=('{size} >= {bound}',)).") from e
 
 
+def _feature_group_count(value) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"feature_group_count must be an integer, got {value!r}")
+  if value < 1:
+    raise ValueError(f"feature_group_count must be >= 1, got {value}")
+  return int(value)
+
+
+def _split_groups(v, groups: int):
+  """(..., G * c) -> (G, ..., c): the group axis of the last (feature) axis to the front."""
+  v = v.reshape(v.shape[:-1] + (groups, v.shape[-1] // groups))
+  return jnp.moveaxis(v, -2, 0)
+
+
+def lax_kernel(rhs, dn: lax.ConvDimensionNumbers, transpose_kernel: bool, groups: int):
+  """The kernel of the `lax.conv_general_dilated(..., feature_group_count=groups)` that `conv_transpose` equals.
+
+  Without `transpose_kernel` that is `rhs` itself. With it, the spatial axes are reversed and the features
+  regrouped: `rhs`'s 'O' axis holds the G groups of C_in / G input features and its 'I' axis the C_out / G
+  outputs of a group (PyTorch's grouped weight); the result's 'O' axis holds the G groups of C_out / G outputs
+  and its 'I' axis the C_in / G inputs of a group, in `rhs`'s layout. At G = 1 this is the flip and swap of
+  `lax.conv_transpose`.
+  """
+  if not transpose_kernel:
+    return rhs
+  n = rhs.ndim - 2
+  to_last = (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0])
+  w = jnp.flip(jnp.transpose(rhs, to_last), tuple(range(n)))  # (K..., C_out/G, G * C_in/G)
+  spatial, out_per_group, in_features = w.shape[:n], w.shape[n], w.shape[n + 1]
+  w = w.reshape(spatial + (out_per_group, groups, in_features // groups))
+  w = jnp.transpose(w, (*range(n), n + 2, n + 1, n)).reshape(spatial + (in_features // groups,
+                                                                        groups * out_per_group))
+  return jnp.transpose(w, np.argsort(to_last))
+
+
 def _result_dtype(dtype, preferred_element_type):
   """The result dtype, with lax's rules for `preferred_element_type`: integer operands may give an integer or a
   floating result, floating ones a floating result, complex ones a complex result; signed integers stay signed;
@@ -171,10 +206,11 @@ def _result_dtype(dtype, preferred_element_type):
 def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tuple[int, int]],
                    rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
                    transpose_kernel: bool = False, precision: Any = None, preferred_element_type: Any = None,
-                   use_consistent_padding: bool = False):
+                   use_consistent_padding: bool = False, *, feature_group_count: int = 1):
   """Transposed convolution by unified kernel segregation; a drop-in for `jax.lax.conv_transpose`.
 
-  Same arguments, defaults, output shape, dtype and values as `jax.lax.conv_transpose` (jax 0.10). Instead of
+  Same arguments, defaults, output shape, dtype and values as `jax.lax.conv_transpose` (jax 0.10), plus
+  grouped convolution (`feature_group_count`), which lax's function lacks. Instead of
   convolving a zero-inserted input, every output phase (output index modulo the stride, per spatial dimension)
   is computed from the original input with that phase's sub-kernel, in one kernel launch per pass; the input and
   weight gradients are custom calls of their own, so `grad`, `vmap` and `jit` stay on jaxseg's kernels.
@@ -193,23 +229,35 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
     preferred_element_type: None, or a floating dtype not narrower than the operands: the result dtype. 16-bit
       operands accumulate in float32 either way.
     use_consistent_padding: see `padding`.
+    feature_group_count: G >= 1 (keyword only): G independent transposed convolutions side by side, each from
+      C_in / G of the input features to C_out / G of the output features, group g reading and writing the g-th
+      slice of each. The kernel's 'O' axis is the one split into groups, as in `lax.conv_general_dilated`:
+      without `transpose_kernel` the kernel is (k..., C_in / G, C_out) in HWIO terms and the result equals
+      `lax.conv_general_dilated(lhs, rhs, 1, pads, lhs_dilation=strides, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=G)`; with `transpose_kernel=True` it is
+      (k..., C_out / G, C_in), PyTorch's grouped `ConvTranspose` weight `(C_in, C_out / G, k...)` permuted,
+      and the result equals PyTorch's `ConvTranspose{1,2,3}d(..., groups=G)`.
 
   Returns:
     The transposed convolution, laid out by `dimension_numbers`' output spec.
 
-  Operands of integer or complex dtype, empty kernels and empty input spatial dimensions go to
-  `jax.lax.conv_transpose` itself; every other configuration runs on jaxseg's kernels.
+  Operands of integer or complex dtype, empty kernels and empty input spatial dimensions go to XLA's
+  convolution (the `lax.conv_general_dilated` above, the kernel regrouped by `lax_kernel`); every other
+  configuration runs on jaxseg's kernels.
 
   Shape polymorphism (`jax.export` with symbolic shapes): the batch, feature and input spatial sizes may be
   symbolic; the kernel's spatial sizes, strides, dilation and padding must be concrete. Output sizes are symbolic
   expressions as in `lax.conv_transpose` (e.g. `2*h` for stride 2, 'SAME'). See `jaxseg.export`.
 
   Raises:
-    TypeError: operands of different ranks or dtypes, an argument of the wrong type, or a
-      `preferred_element_type` narrower than the operands.
-    ValueError: an argument of the wrong length or value; feature counts that disagree; an output spatial axis
-      that would be empty; a kernel with symbolic spatial sizes; a symbolic input or output size that jax cannot
-      prove to be >= 1 (the message names the constraint to declare).
+    TypeError: operands of different ranks or dtypes, non-integer strides, dilations, paddings or
+      `feature_group_count`, malformed `dimension_numbers`, or a `preferred_element_type` that lax's rules refuse
+      (narrower than the operands, or of another kind).
+    ValueError: an argument of the wrong length or value (non-positive strides, dilations or
+      `feature_group_count`); a `feature_group_count` that does not divide the input features or the kernel's
+      'O' axis; features of `lhs` and `rhs` that disagree; a padding that crops more than the dilated input; a
+      kernel with symbolic spatial sizes; a symbolic size that jax cannot decide (the message names the
+      constraint to declare).
   """
   lhs = jnp.asarray(lhs)
   rhs = jnp.asarray(rhs)
@@ -237,6 +285,7 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
     raise type(e)(f"invalid dimension_numbers {dimension_numbers!r}: {e}") from None
   if lhs.dtype != rhs.dtype:
     raise TypeError(f"lhs and rhs must have the same dtype, got {lhs.dtype} and {rhs.dtype}")
+  groups = _feature_group_count(feature_group_count)
   out_dtype = _result_dtype(lhs.dtype, preferred_element_type)
 
   kernel_spatial = tuple(rhs.shape[i] for i in dn.rhs_spec[2:])
@@ -248,21 +297,30 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
   pads = _transpose_padding(padding, in_spatial, kernel_spatial, strides, dilation, use_consistent_padding)
   precision = _canonical_precision(precision)
 
-  # The kernel's input-feature axis after an optional transpose_kernel swap must match lhs's features.
-  in_axis, out_axis = (dn.rhs_spec[0], dn.rhs_spec[1]) if transpose_kernel else (dn.rhs_spec[1], dn.rhs_spec[0])
-  if lhs.shape[dn.lhs_spec[1]] != rhs.shape[in_axis]:
+  # The kernel's input-feature axis after an optional transpose_kernel swap must match lhs's features (one
+  # group's worth of them without transpose_kernel, where groups split the other axis).
+  in_features = lhs.shape[dn.lhs_spec[1]]
+  if in_features % groups:
+    raise ValueError(f"feature_group_count={groups} must divide lhs's {in_features} feature channels")
+  in_axis = dn.rhs_spec[0] if transpose_kernel else dn.rhs_spec[1]
+  if in_features != rhs.shape[in_axis] * (1 if transpose_kernel else groups):
     raise ValueError(
-        f"lhs has {lhs.shape[dn.lhs_spec[1]]} feature channels but rhs expects {rhs.shape[in_axis]} "
+        f"lhs has {in_features} feature channels but rhs expects {rhs.shape[in_axis]}"
+        f"{'' if transpose_kernel or groups == 1 else f' per group, {groups} groups'} "
         f"(lhs {lhs.shape}, rhs {rhs.shape}, dimension_numbers {dimension_numbers!r}, "
         f"transpose_kernel={transpose_kernel})")
+  if rhs.shape[dn.rhs_spec[0]] % groups:
+    raise ValueError(f"feature_group_count={groups} must divide rhs's output features, the size "
+                     f"{rhs.shape[dn.rhs_spec[0]]} of its 'O' axis (axis {dn.rhs_spec[0]} of {rhs.shape})")
 
   fallback = (np.dtype(lhs.dtype) not in KERNEL_DTYPES or not jnp.issubdtype(out_dtype, jnp.floating)
               or 0 in kernel_spatial
               or not all(_at_least(h, 1, f"spatial dimension {i} of lhs") for i, h in enumerate(in_spatial)))
   if fallback:
-    return lax.conv_transpose(lhs, rhs, strides, pads, rhs_dilation=dilation, dimension_numbers=dn,
-                              transpose_kernel=transpose_kernel, precision=precision,
-                              preferred_element_type=preferred_element_type)
+    return lax.conv_general_dilated(lhs, lax_kernel(rhs, dn, transpose_kernel, groups), (1,) * n, pads,
+                                    lhs_dilation=strides, rhs_dilation=dilation, dimension_numbers=dn,
+                                    feature_group_count=groups, precision=precision,
+                                    preferred_element_type=preferred_element_type)
   geometry = Geometry(strides, dilation, pads, in_spatial, kernel_spatial, bool(transpose_kernel))
   out_spatial = []
   for i, (h, size, s, (lo, hi)) in enumerate(zip(in_spatial, geometry.out_spatial, strides, pads)):
@@ -276,23 +334,26 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
                        f"spatial dimension {i} (input size {h}, stride {s})")
     out_spatial.append(0)
   if 0 in out_spatial:  # as in lax, a kernel longer than the padded input gives an empty result
-    shape = dict(zip(dn.out_spec, (lhs.shape[dn.lhs_spec[0]], rhs.shape[out_axis], *out_spatial)))
+    out_features = rhs.shape[dn.rhs_spec[1]] * groups if transpose_kernel else rhs.shape[dn.rhs_spec[0]]
+    shape = dict(zip(dn.out_spec, (lhs.shape[dn.lhs_spec[0]], out_features, *out_spatial)))
     return jnp.zeros(tuple(shape[a] for a in range(n + 2)), out_dtype)
 
-  # Canonical operands: x (1, N, H..., Ci), w (1, K..., Ci, Co). transpose_kernel flips the spatial axes and
-  # reads the kernel's feature axes the other way round; the kernels read such a kernel as it is (Co before Ci,
-  # spatial axes reversed), so it is not copied.
-  x = jnp.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))[None]
-  channels = (out_axis, in_axis) if transpose_kernel else (in_axis, out_axis)
-  w = jnp.transpose(rhs, (*dn.rhs_spec[2:], *channels))[None]
+  # Canonical operands: x (G, N, H..., Ci/G), w (G, K..., Ci/G, Co/G), the groups split off the features into
+  # the group axis (where vmap over both operands also folds; the two compose). transpose_kernel flips the
+  # spatial axes and reads the kernel's feature axes the other way round; the kernels read such a kernel as it
+  # is (Co/G before Ci/G, spatial axes reversed), so at G = 1 it is not copied.
+  x = _split_groups(jnp.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1])), groups)
+  w = _split_groups(jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0])), groups)
   if n == 0:  # a plain matmul: give it one unit spatial axis
     x, w = x[:, :, None], w[:, None]
     geometry = Geometry((1,), (1,), ((0, 0),), (1,), (1,))
   compute_dtype = out_dtype if out_dtype == np.float64 else x.dtype
   y = _primitives.apply(FORWARD, x.astype(compute_dtype), w.astype(compute_dtype), geometry=geometry,
-                        out_dtype=out_dtype, precision=precision)[0]
+                        out_dtype=out_dtype, precision=precision)
   if n == 0:
-    y = y[:, 0]
+    y = y[:, :, 0]
+  y = jnp.moveaxis(y, 0, -2)  # (G, N, O..., Co/G) -> (N, O..., G * Co/G)
+  y = y.reshape(y.shape[:-2] + (y.shape[-2] * y.shape[-1],))
   # Canonical (N, O..., Co) to the requested output layout.
   canonical_axis = {dn.out_spec[0]: 0, dn.out_spec[1]: n + 1}
   canonical_axis.update({a: 1 + i for i, a in enumerate(dn.out_spec[2:])})

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax.linen.linear import canonicalize_padding
 
-from jaxseg._conv import conv_transpose, torch_padding
+from jaxseg._conv import _feature_group_count, conv_transpose, torch_padding
 
 
 def as_tuple(value, n: int) -> tuple[int, ...]:
@@ -20,8 +20,18 @@ def as_tuple(value, n: int) -> tuple[int, ...]:
   return tuple(value)
 
 
-def kernel_shape(kernel_size: Sequence[int], in_features: int, out_features: int, transpose_kernel: bool):
-  return tuple(kernel_size) + ((out_features, in_features) if transpose_kernel else (in_features, out_features))
+def kernel_shape(kernel_size: Sequence[int], in_features: int, out_features: int, transpose_kernel: bool,
+                 feature_group_count: int = 1):
+  """The kernel's shape: (k..., in / G, out), or (k..., out / G, in) with transpose_kernel (PyTorch's grouped
+  weight permuted); the groups split the last axis (see `jaxseg.conv_transpose`). Raises TypeError or ValueError
+  unless G is a positive integer dividing both feature counts."""
+  g = _feature_group_count(feature_group_count)
+  for name, features in (("input", in_features), ("output", out_features)):
+    if features % g:
+      raise ValueError(f"feature_group_count={g} must divide the number of {name} features ({features})")
+  if transpose_kernel:
+    return tuple(kernel_size) + (out_features // g, in_features)
+  return tuple(kernel_size) + (in_features // g, out_features)
 
 
 def check_mask(mask, shape):
@@ -44,7 +54,7 @@ def _wrap_circular(y, in_spatial, strides, transpose_kernel):
 
 
 def apply(inputs, kernel, bias, *, kernel_size, strides, padding, kernel_dilation, transpose_kernel, precision,
-          preferred_element_type):
+          preferred_element_type, feature_group_count=1):
   """inputs (*batch, spatial..., features) -> (*batch, spatial'..., out_features)."""
   n = len(kernel_size)
   batch_shape = inputs.shape[:inputs.ndim - (n + 1)]
@@ -55,7 +65,7 @@ def apply(inputs, kernel, bias, *, kernel_size, strides, padding, kernel_dilatio
   circular = isinstance(pads, str) and pads == "CIRCULAR"
   y = conv_transpose(x, kernel, strides, "VALID" if circular else pads, rhs_dilation=dilation,
                      transpose_kernel=transpose_kernel, precision=precision,
-                     preferred_element_type=preferred_element_type)
+                     preferred_element_type=preferred_element_type, feature_group_count=feature_group_count)
   if circular:
     y = _wrap_circular(y, x.shape[1:-1], strides, transpose_kernel)
   if bias is not None:
@@ -63,9 +73,10 @@ def apply(inputs, kernel, bias, *, kernel_size, strides, padding, kernel_dilatio
   return y.reshape(batch_shape + y.shape[1:])
 
 
-def torch_module_args(kernel_size, stride, padding, output_padding, dilation):
-  """Module arguments that give PyTorch's ConvTranspose meaning of stride/padding/output_padding/dilation."""
+def torch_module_args(kernel_size, stride, padding, output_padding, dilation, groups=1):
+  """Module arguments that give PyTorch's ConvTranspose meaning of stride/padding/output_padding/dilation/groups."""
   n = len(kernel_size) if isinstance(kernel_size, Sequence) else 1
   ks = as_tuple(kernel_size, n)
   return dict(kernel_size=ks, strides=as_tuple(stride, n), kernel_dilation=as_tuple(dilation, n),
-              padding=torch_padding(ks, padding, output_padding, dilation, stride=stride), transpose_kernel=True)
+              padding=torch_padding(ks, padding, output_padding, dilation, stride=stride), transpose_kernel=True,
+              feature_group_count=groups)

@@ -15,13 +15,28 @@ class ConvTranspose(nn.ConvTranspose):
 
     from jaxseg.linen import ConvTranspose   # instead of flax.linen.ConvTranspose
 
+  One attribute more than flax's:
+
+  Attributes:
+    feature_group_count: G >= 1 (default 1, flax's layer): G independent transposed convolutions side by side,
+      each from in_features / G inputs to features / G outputs (see `jaxseg.conv_transpose`). The kernel then
+      has shape `(k..., in_features / G, features)`, or `(k..., features / G, in_features)` with
+      `transpose_kernel` (PyTorch's grouped weight permuted); G must divide both feature counts.
+
+  Example: a depthwise upsampling (one 4x4 filter per channel)::
+
+    layer = jaxseg.linen.ConvTranspose(64, (4, 4), strides=(2, 2), feature_group_count=64)
+
   See `torch_style` for PyTorch's meaning of padding.
   """
+
+  feature_group_count: int = 1
 
   @nn.compact
   def __call__(self, inputs):
     kernel_size = (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
-    shape = _layer.kernel_shape(kernel_size, inputs.shape[-1], self.features, self.transpose_kernel)
+    shape = _layer.kernel_shape(kernel_size, inputs.shape[-1], self.features, self.transpose_kernel,
+                                self.feature_group_count)
     _layer.check_mask(self.mask, shape)
     kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
     if self.mask is not None:
@@ -30,14 +45,17 @@ class ConvTranspose(nn.ConvTranspose):
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     return _layer.apply(inputs, kernel, bias, kernel_size=kernel_size, strides=self.strides, padding=self.padding,
                         kernel_dilation=self.kernel_dilation, transpose_kernel=self.transpose_kernel,
-                        precision=self.precision, preferred_element_type=self.preferred_element_type)
+                        precision=self.precision, preferred_element_type=self.preferred_element_type,
+                        feature_group_count=self.feature_group_count)
 
   @classmethod
-  def torch_style(cls, features, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, **kwargs):
-    """A layer with PyTorch's `ConvTranspose{1,2,3}d` meaning of stride, padding, output_padding and dilation.
+  def torch_style(cls, features, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
+                  **kwargs):
+    """A layer with PyTorch's `ConvTranspose{1,2,3}d` meaning of stride, padding, output_padding, dilation and
+    groups.
 
-    The kernel then has shape `(k..., features, in_features)`: a PyTorch weight `W` of shape
-    `(in, out, k...)` loads as `W.permute(2, ..., 1, 0)` (spatial axes first, then out, then in).
+    The kernel then has shape `(k..., features / groups, in_features)`: a PyTorch weight `W` of shape
+    `(in, out / groups, k...)` loads as `W.permute(2, ..., 1, 0)` (spatial axes first, then out, then in).
     """
     return cls(features=features, **_layer.torch_module_args(kernel_size, stride, padding, output_padding,
-                                                             dilation), **kwargs)
+                                                             dilation, groups), **kwargs)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 from flax import nnx
 
 from jaxseg import _layer
+
+# The initializer flax's layer uses when given none; a grouped kernel is drawn from it with its own shape.
+_DEFAULT_KERNEL_INIT = inspect.signature(nnx.ConvTranspose.__init__).parameters["kernel_init"].default
 
 
 class ConvTranspose(nnx.ConvTranspose):
@@ -15,8 +20,34 @@ class ConvTranspose(nnx.ConvTranspose):
 
     from jaxseg.nnx import ConvTranspose   # instead of flax.nnx.ConvTranspose
 
+  One keyword argument more than flax's:
+
+  Args:
+    feature_group_count: G >= 1 (default 1, flax's layer): G independent transposed convolutions side by side,
+      each from in_features / G inputs to out_features / G outputs (see `jaxseg.conv_transpose`). The kernel
+      then has shape `(k..., in_features / G, out_features)`, or `(k..., out_features / G, in_features)` with
+      `transpose_kernel` (PyTorch's grouped weight permuted), drawn from `kernel_init` with that shape. Raises
+      TypeError unless G is an integer, ValueError unless it is positive and divides both feature counts.
+
+  Example: a depthwise upsampling (one 4x4 filter per channel)::
+
+    layer = jaxseg.nnx.ConvTranspose(64, 64, (4, 4), (2, 2), feature_group_count=64, rngs=nnx.Rngs(0))
+
   See `torch_style` for PyTorch's meaning of padding.
   """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size, strides=None, *,
+               feature_group_count: int = 1, rngs: nnx.Rngs, **kwargs):
+    kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+    shape = _layer.kernel_shape(kernel_size, in_features, out_features, kwargs.get("transpose_kernel", False),
+                                feature_group_count)
+    if feature_group_count != 1:
+      # flax's constructor asks for the ungrouped shape; draw the grouped kernel instead, from the same key.
+      init = kwargs.get("kernel_init", _DEFAULT_KERNEL_INIT)
+      kwargs["kernel_init"] = lambda key, _, dtype: init(key, shape, dtype)
+    super().__init__(in_features, out_features, kernel_size, strides, rngs=rngs, **kwargs)
+    self.kernel_shape = shape
+    self.feature_group_count = feature_group_count
 
   def __call__(self, inputs):
     _layer.check_mask(self.mask, self.kernel_shape)
@@ -28,15 +59,17 @@ class ConvTranspose(nnx.ConvTranspose):
     return _layer.apply(inputs, kernel, bias, kernel_size=self.kernel_size, strides=self.strides,
                         padding=self.padding, kernel_dilation=self.kernel_dilation,
                         transpose_kernel=self.transpose_kernel, precision=self.precision,
-                        preferred_element_type=self.preferred_element_type)
+                        preferred_element_type=self.preferred_element_type,
+                        feature_group_count=self.feature_group_count)
 
   @classmethod
   def torch_style(cls, in_features, out_features, kernel_size, stride=1, padding=0, output_padding=0, dilation=1,
-                  *, rngs, **kwargs):
-    """A layer with PyTorch's `ConvTranspose{1,2,3}d` meaning of stride, padding, output_padding and dilation.
+                  groups=1, *, rngs, **kwargs):
+    """A layer with PyTorch's `ConvTranspose{1,2,3}d` meaning of stride, padding, output_padding, dilation and
+    groups.
 
-    The kernel has shape `(k..., out_features, in_features)`: a PyTorch weight `W` of shape `(in, out, k...)`
-    loads as `W.permute(2, ..., 1, 0)`.
+    The kernel has shape `(k..., out_features / groups, in_features)`: a PyTorch weight `W` of shape
+    `(in, out / groups, k...)` loads as `W.permute(2, ..., 1, 0)`.
     """
     return cls(in_features, out_features, **_layer.torch_module_args(kernel_size, stride, padding, output_padding,
-                                                                      dilation), rngs=rngs, **kwargs)
+                                                                      dilation, groups), rngs=rngs, **kwargs)

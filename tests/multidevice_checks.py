@@ -102,6 +102,30 @@ def check_pytorch_oriented_kernel(kind):
     close(a, b)
 
 
+def check_grouped_channel_sharded(kind):
+  """Groups split the features into the group axis, which every pass keeps: with the input's features and the
+  kernel's grouped axis sharded alike, forward and both gradients run shard-local, in both orientations."""
+  x = rng.standard_normal((4, 7, 6, 32)).astype(np.float32)
+  m = mesh((8,), ("model",), kind)
+  channels = NamedSharding(m, P(None, None, None, "model"))
+  for transpose_kernel, w_shape in ((False, (4, 3, 4, 48)), (True, (4, 3, 6, 32))):  # G = 8
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    f = lambda x, w: jaxseg.conv_transpose(x, w, (2, 3), "SAME", transpose_kernel=transpose_kernel,
+                                           feature_group_count=8)
+    loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+    xs, ws = jax.device_put(x, channels), jax.device_put(w, channels)
+    y = jax.jit(f)(xs, ws)
+    close(y, f(x, w))
+    assert y.sharding.spec[-1] == "model" and all(s is None for s in y.sharding.spec[:-1]), y.sharding
+    g = jax.jit(jax.grad(loss, (0, 1)))(xs, ws)
+    for a, b in zip(g, jax.grad(loss, (0, 1))(x, w)):
+      close(a, b)
+      assert a.sharding.spec[-1] == "model", a.sharding
+    for fn in (f, jax.grad(loss, (0, 1))):
+      c = collectives(fn, xs, ws)
+      assert not any(c.values()), (transpose_kernel, c)
+
+
 def check_shard_map(kind):
   x, w, f = case(2)
   loss = lambda x, w: jnp.sum(jnp.sin(f(x, w)))

@@ -10,6 +10,8 @@ LAYERS = {"layers": [
      "stride": [2, 2], "padding": [1, 1], "output_padding": [0, 0]},
     {"name": "tiny-1d-odd", "source": "test", "N": 1, "in": [7], "c_in": 3, "c_out": 5, "kernel": [3],
      "stride": [2], "padding": [1], "output_padding": [1]},
+    {"name": "tiny-grouped", "source": "test", "N": 2, "in": [5], "c_in": 6, "c_out": 4, "kernel": [4],
+     "stride": [2], "padding": [1], "output_padding": [0], "groups": 2},
 ]}
 
 
@@ -21,7 +23,7 @@ def test_cli_runs_and_writes_results(tmp_path, capsys):
   cli.main(["--layers", str(layers), "--impls", "jaxseg,xla,naive", "--repeats", "3", "--budget", "0.01",
             "--json", str(out), "--plot", str(png), "--no-progress"])
   table = capsys.readouterr().out
-  assert "tiny-2d" in table and "tiny-1d-odd" in table and "geomean" in table
+  assert all(layer["name"] in table for layer in LAYERS["layers"]) and "geomean" in table
   result = json.loads(out.read_text())
   assert result["schema"] == "jaxseg-bench/1" and result["config"]["repeats"] == 3
   rows = result["rows"]

@@ -33,6 +33,14 @@ W = np.ones((3, 3, 3, 4), np.float32)
     ((X, W, (2, 2), "SAME"), {"precision": "bogus"}, ValueError, "precision"),
     ((np.ones((1,) * 7, np.float32), np.ones((1,) * 7, np.float32), (1,) * 5, "SAME"), {}, ValueError,
      "dimension_numbers must be given"),
+    ((X, W, (2, 2), "SAME"), {"feature_group_count": 0}, ValueError, "feature_group_count must be >= 1"),
+    ((X, W, (2, 2), "SAME"), {"feature_group_count": 1.0}, TypeError, "feature_group_count must be an integer"),
+    ((X, W, (2, 2), "SAME"), {"feature_group_count": 2}, ValueError, "feature_group_count=2 must divide lhs"),
+    ((X, W, (2, 2), "SAME"), {"feature_group_count": 3}, ValueError, "rhs expects 3 per group, 3 groups"),
+    ((X, W[:, :, :1], (2, 2), "SAME"), {"feature_group_count": 3}, ValueError,
+     "feature_group_count=3 must divide rhs's output features"),
+    ((X, W, (2, 2), "SAME"), {"feature_group_count": 3, "transpose_kernel": True}, ValueError,
+     "rhs expects 4"),
 ])
 def test_bad_arguments(args, kwargs, exc, match):
   with pytest.raises(exc, match=match):

@@ -1,7 +1,8 @@
 """`python -m jaxseg.bench` (also `jaxseg-bench`): jaxseg against XLA, the naive zero-insertion form and PyTorch.
 
 For every layer of the suite (default: the transposed-convolution layers of real generative models shipped as
-`jaxseg/bench/layers.json`) and every pass (forward `fwd`, input gradient `dx`, weight gradient `dw`), it times
+`jaxseg/bench/layers.json`; a layer's optional `groups` makes it grouped, for every implementation: XLA's is
+then the grouped `lax.conv_general_dilated`, as `lax.conv_transpose` has no groups) and every pass (forward `fwd`, input gradient `dx`, weight gradient `dw`), it times
 each implementation jitted and warmed up, as the median of repeated calls taken in interleaved rounds (so the
 machine's drifts reach every implementation alike), all in one process, and prints ms, useful GFLOP/s, the
 speed-up of jaxseg over each peer, the fraction of the machine's sgemm rate (measured in the same run) and the
@@ -42,6 +43,7 @@ import numpy as np
 from jax import lax
 
 import jaxseg
+from jaxseg._conv import lax_kernel
 
 PASSES = ("fwd", "dx", "dw")
 IMPLS = ("jaxseg", "xla", "naive", "torch")
@@ -55,12 +57,24 @@ def load_layers(path: str | None):
     for key in ("in", "stride", "padding", "output_padding"):
       if len(layer[key]) != n:
         raise SystemExit(f"layer {layer['name']}: '{key}' needs {n} entries")
+    groups = layer.setdefault("groups", 1)
+    if groups < 1 or layer["c_in"] % groups or layer["c_out"] % groups:
+      raise SystemExit(f"layer {layer['name']}: 'groups' ({groups}) must divide c_in and c_out")
   return layers
 
 
 def layer_gflop(layer) -> float:
-  """Useful multiply-adds (no inserted zeros): 2 * N * prod(in) * C_in * C_out * prod(kernel)."""
-  return 2 * layer["N"] * math.prod(layer["in"]) * layer["c_in"] * layer["c_out"] * math.prod(layer["kernel"]) / 1e9
+  """Useful multiply-adds (no inserted zeros): 2 * N * prod(in) * C_in * C_out * prod(kernel) / groups."""
+  return (2 * layer["N"] * math.prod(layer["in"]) * layer["c_in"] * layer["c_out"] * math.prod(layer["kernel"])
+          / layer["groups"] / 1e9)
+
+
+def kernel_shape(layer, transpose_kernel):
+  """(k..., C_out/G, C_in) in PyTorch's orientation, else (k..., C_in/G, C_out) (Flax's, lax's)."""
+  g = layer["groups"]
+  if transpose_kernel:
+    return (*layer["kernel"], layer["c_out"] // g, layer["c_in"])
+  return (*layer["kernel"], layer["c_in"] // g, layer["c_out"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -70,24 +84,27 @@ def layer_gflop(layer) -> float:
 def _jax_fns(layer, transpose_kernel):
   n = len(layer["kernel"])
   strides = tuple(layer["stride"])
+  groups = layer["groups"]
   pads = jaxseg.torch_padding(layer["kernel"], layer["padding"], layer["output_padding"])
+  spec = "HWD"[:n]
+  dn = lax.conv_dimension_numbers((1,) * (n + 2), (1,) * (n + 2), (f"N{spec}C", f"{spec}IO", f"N{spec}C"))
 
   def ours(x, w):
-    return jaxseg.conv_transpose(x, w, strides, pads, transpose_kernel=transpose_kernel)
+    return jaxseg.conv_transpose(x, w, strides, pads, transpose_kernel=transpose_kernel, feature_group_count=groups)
 
   def xla(x, w):
-    return lax.conv_transpose(x, w, strides, pads, transpose_kernel=transpose_kernel)
+    if groups == 1:
+      return lax.conv_transpose(x, w, strides, pads, transpose_kernel=transpose_kernel)
+    # lax.conv_transpose has no groups: the grouped convolution with lhs dilation that it would stand for.
+    return lax.conv_general_dilated(x, lax_kernel(w, dn, transpose_kernel, groups), (1,) * n, pads,
+                                    lhs_dilation=strides, dimension_numbers=dn, feature_group_count=groups)
 
   def naive(x, w):
     # Explicit zero insertion, then a stride-1 convolution over the dilated input.
     shape = (x.shape[0], *[(h - 1) * s + 1 for h, s in zip(x.shape[1:-1], strides)], x.shape[-1])
     xd = jnp.zeros(shape, x.dtype).at[(slice(None), *[slice(None, None, s) for s in strides])].set(x)
-    k = w
-    if transpose_kernel:
-      k = jnp.swapaxes(jnp.flip(w, tuple(range(n))), -1, -2)
-    spec = "".join("HWD"[:n])
-    return lax.conv_general_dilated(xd, k, (1,) * n, pads,
-                                    dimension_numbers=(f"N{spec}C", f"{spec}IO", f"N{spec}C"))
+    return lax.conv_general_dilated(xd, lax_kernel(w, dn, transpose_kernel, groups), (1,) * n, pads,
+                                    dimension_numbers=dn, feature_group_count=groups)
 
   return {"jaxseg": ours, "xla": xla, "naive": naive}
 
@@ -159,7 +176,7 @@ def _torch_fns(layer, dtype, device, torch):
   tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
   tdev = "cuda" if device == "gpu" else "cpu"
   m = cls(layer["c_in"], layer["c_out"], layer["kernel"], layer["stride"], layer["padding"],
-          layer["output_padding"], bias=False).to(device=tdev, dtype=tdtype)
+          layer["output_padding"], groups=layer["groups"], bias=False).to(device=tdev, dtype=tdtype)
   x = torch.randn(layer["N"], layer["c_in"], *layer["in"], device=tdev, dtype=tdtype)
   sync = torch.cuda.synchronize if tdev == "cuda" else (lambda: None)
 
@@ -178,7 +195,7 @@ def _torch_fns(layer, dtype, device, torch):
     sync()
 
   m2 = cls(layer["c_in"], layer["c_out"], layer["kernel"], layer["stride"], layer["padding"],
-           layer["output_padding"], bias=False).to(device=tdev, dtype=tdtype)
+           layer["output_padding"], groups=layer["groups"], bias=False).to(device=tdev, dtype=tdtype)
   y_dw = m2(x)
 
   def dw():
@@ -219,9 +236,8 @@ def run(args):
   for layer in layers:
     n = len(layer["kernel"])
     x = jax.device_put(jnp.asarray(rng.standard_normal((layer["N"], *layer["in"], layer["c_in"])), dtype), device)
-    kshape = (*layer["kernel"], layer["c_out"], layer["c_in"]) if args.transpose_kernel else (
-        *layer["kernel"], layer["c_in"], layer["c_out"])
-    w = jax.device_put(jnp.asarray(rng.standard_normal(kshape) * 0.05, dtype), device)
+    w = jax.device_put(jnp.asarray(rng.standard_normal(kernel_shape(layer, args.transpose_kernel)) * 0.05, dtype),
+                       device)
     fns = _jax_fns(layer, args.transpose_kernel)
     y_shape = jax.eval_shape(fns["jaxseg"], x, w).shape
     ct = jax.device_put(jnp.asarray(rng.standard_normal(y_shape), dtype), device)
