@@ -28,9 +28,9 @@ namespace ffi = xla::ffi;
 namespace jaxseg::cuda {
 namespace {
 
-constexpr int kDims = 3;      // spatial axes the tables hold
-constexpr int kTaps = 32;     // kernel size per axis
-constexpr int kStride = 32;   // stride per axis
+constexpr int kDims = kMaxSpatialDims;  // spatial axes the tables hold
+constexpr int kTaps = kMaxKernelSize;    // kernel size per axis
+constexpr int kStride = kMaxStride;      // stride per axis
 constexpr int kThreads = 256;
 
 // The C++ type of each DType on CUDA, for the dtype dispatch (common/dtype_dispatch.h).
@@ -300,7 +300,9 @@ ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::AnyBuffer first, ffi::An
     return ffi::Error::InvalidArgument("jaxseg (CUDA): the kernels take the canonical kernel layout only");
   Problem p;
   if (!MakeProblem(call, &p))
-    return ffi::Error::InvalidArgument("jaxseg (CUDA): at most 3 spatial axes, kernel size and stride <= 32");
+    return ffi::Error::InvalidArgument("jaxseg (CUDA): at most " + std::to_string(kDims) +
+                                       " spatial axes, kernel size <= " + std::to_string(kTaps) +
+                                       " and stride <= " + std::to_string(kStride));
   const int64_t total = static_cast<int64_t>(result->element_count());
   if (total == 0) return ffi::Error::Success();
   cudaError_t status = cudaSuccess;
