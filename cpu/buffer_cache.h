@@ -1,9 +1,9 @@
 // A process-wide cache of large 64-byte-aligned buffers, for the packed weights of each call.
 //
 // Packed weights are as large as the kernel (32 MiB for a 4x4 layer of 1024 x 512 channels). glibc serves
-// allocations from 32 MiB up with a fresh mmap, so every call faulted in and zeroed every page again: 23 of the
-// 130 ms of that layer's forward. A finished call hands its buffer back here and the next call of a similar size
-// takes it. Small buffers go straight to the allocator.
+// allocations from 32 MiB up with a fresh mmap, so every call faulted in and zeroed every page again, a good part
+// of such a layer's forward (benchmarks/NOTES.md). A finished call hands its buffer back here and the next call of
+// a similar size takes it. Small buffers go straight to the allocator.
 #ifndef JAXSEG_CPU_BUFFER_CACHE_H_
 #define JAXSEG_CPU_BUFFER_CACHE_H_
 

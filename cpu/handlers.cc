@@ -1,6 +1,7 @@
 // XLA FFI handlers of the three CPU passes: decode and check the buffers against the phase geometry, pick the
-// kernel build for this CPU, and spread the work items over XLA's intra-op thread pool. A handler never blocks a
-// pool thread on other pool tasks: it returns a future that the last finishing worker completes.
+// kernel build for this CPU, have it plan the call, and spread the plan's work items over XLA's intra-op thread
+// pool. A handler never blocks a pool thread on other pool tasks: it returns a future that the last finishing
+// worker completes.
 #include "cpu/handlers.h"
 
 #include <algorithm>
@@ -17,8 +18,7 @@
 #endif
 
 #include "common/ffi_binding.h"
-#include "common/phase_geometry.h"
-#include "cpu/conv_problem.h"
+#include "cpu/kernel_set.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -56,20 +56,19 @@ ffi::Future Done() {
   return future;
 }
 
-// Runs items [0, n) of `problem` on the pool; the calling thread works too. The problem (and with it the packed
-// weights) lives until the last worker is done.
-ffi::Future ParallelRun(ffi::ThreadPool& pool, std::shared_ptr<const ConvProblem> problem,
-                        const KernelSet& kernels) {
-  const int64_t n = problem->num_items;
+// Runs the items of `call` on the pool with at most `workers` workers; the calling thread works too. The
+// prepared call (and with it the packed weights) lives until the last worker is done.
+ffi::Future ParallelRun(ffi::ThreadPool& pool, std::shared_ptr<const PreparedCall> call, int64_t workers) {
+  const int64_t n = call->num_items();
   if (n <= 0) return Done();
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(n, problem->workers));
+  workers = std::max<int64_t>(1, std::min<int64_t>(n, workers));
   ffi::CountDownPromise done(workers);
   ffi::Future future(done);
   auto next = std::make_shared<std::atomic<int64_t>>(0);
-  auto work = [problem, next, done, run = kernels.run, n](int64_t worker) mutable {
+  auto work = [call, next, done, n](int64_t worker) mutable {
     for (int64_t i = next->fetch_add(1, std::memory_order_relaxed); i < n;
          i = next->fetch_add(1, std::memory_order_relaxed)) {
-      run(*problem, i, i + 1, worker);
+      call->Run(i, worker);
     }
     done.CountDown();
   };
@@ -80,10 +79,10 @@ ffi::Future ParallelRun(ffi::ThreadPool& pool, std::shared_ptr<const ConvProblem
   return future;
 }
 
-// A large result is usually fresh memory from mmap, which the first write faults in page by page: for a 32 MiB
-// result that alone took longer than the product (4 KiB pages; about 10 ms on the CI machine). Asking for
-// transparent huge pages on the 2 MiB-aligned part of the result cuts the faults 512-fold where the kernel allows
-// them (`madvise` mode); memory that is already mapped keeps its pages. Advice only: failures are ignored.
+// A large result is usually fresh memory from mmap, which the first write faults in page by page, at a cost that
+// can rival the product itself. Asking for transparent huge pages on the 2 MiB-aligned part of the result cuts the
+// faults 512-fold where the kernel allows them (`madvise` mode); memory that is already mapped keeps its pages.
+// Advice only: failures are ignored.
 void AdviseHugePages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
@@ -99,15 +98,16 @@ void AdviseHugePages(void* data, size_t bytes) {
 
 ffi::Future Execute(Pass pass, ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::AnyBuffer second,
                     ffi::Result<ffi::AnyBuffer> result, const CallAttrs& attrs) {
-  auto pb = std::make_shared<ConvProblem>();
-  if (ffi::Error err = DecodeCall(pass, first, second, *result, attrs, pb.get()); err.failure())
+  ConvCall call;
+  if (ffi::Error err = DecodeCall(pass, first, second, *result, attrs, &call); err.failure())
     return Failed(std::move(err));
   if (result->element_count() == 0) return Done();
   AdviseHugePages(result->untyped_data(), result->size_bytes());
   static const KernelSet& kernels = ChooseKernels();
-  pb->workers = std::max<int64_t>(1, pool.num_threads());
-  if (!kernels.prepare(*pb)) return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxseg: out of memory"));
-  return ParallelRun(pool, std::move(pb), kernels);
+  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
+  std::shared_ptr<const PreparedCall> prepared = kernels.prepare(std::move(call), workers);
+  if (!prepared) return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxseg: out of memory"));
+  return ParallelRun(pool, std::move(prepared), workers);
 }
 
 template <Pass kPass>
@@ -124,9 +124,9 @@ const char* SelectedIsa() { return ChooseKernels().isa; }
 
 }  // namespace jaxseg::cpu
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuForward, jaxseg::cpu::Handle<jaxseg::cpu::Pass::kForward>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuForward, jaxseg::cpu::Handle<jaxseg::Pass::kForward>,
                               jaxseg::cpu::Binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuInputGrad, jaxseg::cpu::Handle<jaxseg::cpu::Pass::kInputGrad>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuInputGrad, jaxseg::cpu::Handle<jaxseg::Pass::kInputGrad>,
                               jaxseg::cpu::Binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuWeightGrad, jaxseg::cpu::Handle<jaxseg::cpu::Pass::kWeightGrad>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuWeightGrad, jaxseg::cpu::Handle<jaxseg::Pass::kWeightGrad>,
                               jaxseg::cpu::Binding());

@@ -1,6 +1,8 @@
-// Storage types of the 16-bit floats and their conversions to and from the accumulation type. The kernels read
-// each stored element once per tap into float (half types accumulate in float32, as XLA does) and round to
-// nearest-even when they store.
+// The CPU's storage types of the table's dtypes (common/dtypes.h), for the dtype dispatch
+// (common/dtype_dispatch.h), and the conversions of the 16-bit floats to and from the accumulation type. The
+// kernels read each stored element once per tap into float (half types accumulate in float32, as XLA does) and
+// round to nearest-even when they store. Compiled once per instruction set, inside that build's namespace (see
+// cpu/kernel_set.h).
 #ifndef JAXSEG_CPU_NUMERIC_H_
 #define JAXSEG_CPU_NUMERIC_H_
 
@@ -8,7 +10,12 @@
 #include <cstring>
 #include <type_traits>
 
-namespace jaxseg::cpu {
+#ifndef JAXSEG_ISA
+#error "cpu/numeric.h belongs to a kernel build: include it from cpu/kernels_<isa>.cc"
+#endif
+
+namespace jaxseg::cpu::JAXSEG_ISA {
+namespace {
 
 struct bf16_t {
   uint16_t bits;
@@ -17,8 +24,13 @@ struct f16_t {
   uint16_t bits;
 };
 
-template <typename T>
-using AccFor = std::conditional_t<std::is_same_v<T, double>, double, float>;
+// The C++ type of each DType on the CPU.
+struct CpuTypes {
+  using F32 = float;
+  using F64 = double;
+  using BF16 = bf16_t;
+  using F16 = f16_t;
+};
 
 inline float BitsToFloat(uint32_t u) {
   float f;
@@ -91,6 +103,7 @@ inline U FromAcc(Acc v) {
   }
 }
 
-}  // namespace jaxseg::cpu
+}  // namespace
+}  // namespace jaxseg::cpu::JAXSEG_ISA
 
 #endif  // JAXSEG_CPU_NUMERIC_H_

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "common/conv_shape.h"
+#include "common/dtype_dispatch.h"
 #include "common/ffi_binding.h"
 #include "common/phase_geometry.h"
 #include "cuda/handlers.h"
@@ -27,10 +28,18 @@ namespace ffi = xla::ffi;
 namespace jaxseg::cuda {
 namespace {
 
-constexpr int kDims = 3;      // spatial axes the tables hold
-constexpr int kTaps = 32;     // kernel size per axis
-constexpr int kStride = 32;   // stride per axis
+constexpr int kDims = kMaxSpatialDims;  // spatial axes the tables hold
+constexpr int kTaps = kMaxKernelSize;    // kernel size per axis
+constexpr int kStride = kMaxStride;      // stride per axis
 constexpr int kThreads = 256;
+
+// The C++ type of each DType on CUDA, for the dtype dispatch (common/dtype_dispatch.h).
+struct CudaTypes {
+  using F32 = float;
+  using F64 = double;
+  using BF16 = __nv_bfloat16;
+  using F16 = __half;
+};
 
 struct AxisTable {
   int64_t in, out, kernel, stride;
@@ -180,8 +189,8 @@ __global__ void ForwardKernel(Problem p, const T* __restrict__ x, const T* __res
 
 // dx[g, n, j..., ci] = sum over every tap k linking j to an output o, and co, of dy[g, n, o, co] * w[g, k, ci, co].
 template <typename T, typename U, typename Acc>
-__global__ void InputGradKernel(Problem p, const T* __restrict__ dy, const T* __restrict__ w, U* __restrict__ dx,
-                                int64_t total) {
+__global__ void InputGradKernel(Problem p, const T* __restrict__ y_grad, const T* __restrict__ w,
+                                U* __restrict__ x_grad, int64_t total) {
   for (int64_t idx = FirstIndex(); idx < total; idx += IndexStep()) {
     int64_t rest = idx;
     const int64_t ci = rest % p.in_ch;
@@ -208,20 +217,20 @@ __global__ void InputGradKernel(Problem p, const T* __restrict__ dy, const T* __
         k_flat = k_flat * t.kernel + kc[a];
       }
       if (inside) {
-        const T* dyp = dy + (gn * p.out_spatial + o_flat) * p.out_ch;
+        const T* yp = y_grad + (gn * p.out_spatial + o_flat) * p.out_ch;
         const T* wp = w + ((g * p.kernel_spatial + k_flat) * p.in_ch + ci) * p.out_ch;
-        for (int64_t co = 0; co < p.out_ch; ++co) acc += LoadAcc<T, Acc>(dyp + co) * LoadAcc<T, Acc>(wp + co);
+        for (int64_t co = 0; co < p.out_ch; ++co) acc += LoadAcc<T, Acc>(yp + co) * LoadAcc<T, Acc>(wp + co);
       }
       if (!Next(p.dims, kc, k0, kn)) break;
     }
-    dx[idx] = Store<U, Acc>(acc);
+    x_grad[idx] = Store<U, Acc>(acc);
   }
 }
 
 // dw[g, k..., ci, co] = sum over n and the inputs j that tap k links to an output o of x[.., j, ci] * dy[.., o, co].
 template <typename T, typename U, typename Acc>
-__global__ void WeightGradKernel(Problem p, const T* __restrict__ x, const T* __restrict__ dy, U* __restrict__ dw,
-                                 int64_t total) {
+__global__ void WeightGradKernel(Problem p, const T* __restrict__ x, const T* __restrict__ y_grad,
+                                 U* __restrict__ w_grad, int64_t total) {
   for (int64_t idx = FirstIndex(); idx < total; idx += IndexStep()) {
     int64_t rest = idx;
     const int64_t co = rest % p.out_ch;
@@ -253,18 +262,17 @@ __global__ void WeightGradKernel(Problem p, const T* __restrict__ x, const T* __
           o_flat = o_flat * t.out + (jc[a] - t.offset_of_k[k[a]]) * t.stride + t.phase_of_k[k[a]];
         }
         acc += LoadAcc<T, Acc>(x + (gn * p.in_spatial + j_flat) * p.in_ch + ci) *
-               LoadAcc<T, Acc>(dy + (gn * p.out_spatial + o_flat) * p.out_ch + co);
+               LoadAcc<T, Acc>(y_grad + (gn * p.out_spatial + o_flat) * p.out_ch + co);
         if (!Next(p.dims, jc, jb, je)) break;
       }
     }
-    dw[idx] = Store<U, Acc>(acc);
+    w_grad[idx] = Store<U, Acc>(acc);
   }
 }
 
-template <typename T, typename U>
+template <typename T, typename U, typename Acc>
 cudaError_t Launch(Pass pass, cudaStream_t stream, const Problem& p, const void* a, const void* b, void* out,
                    int64_t total) {
-  using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
   const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20);
   const auto* ta = static_cast<const T*>(a);
   const auto* tb = static_cast<const T*>(b);
@@ -283,36 +291,27 @@ cudaError_t Launch(Pass pass, cudaStream_t stream, const Problem& p, const void*
   return cudaGetLastError();
 }
 
-// The launch for each (operand, result) pair of the dtype table (common/dtypes.h).
-cudaError_t LaunchTyped(Pass pass, cudaStream_t stream, const Problem& p, const ConvCall& call, int64_t total) {
-  const void *a = call.first, *b = call.second;
-  void* out = call.result;
-  switch (call.operand_type) {
-    case DType::kF32: return Launch<float, float>(pass, stream, p, a, b, out, total);
-    case DType::kF64: return Launch<double, double>(pass, stream, p, a, b, out, total);
-    case DType::kBF16:
-      return call.result_type == DType::kF32 ? Launch<__nv_bfloat16, float>(pass, stream, p, a, b, out, total)
-                                             : Launch<__nv_bfloat16, __nv_bfloat16>(pass, stream, p, a, b, out, total);
-    case DType::kF16:
-      return call.result_type == DType::kF32 ? Launch<__half, float>(pass, stream, p, a, b, out, total)
-                                             : Launch<__half, __half>(pass, stream, p, a, b, out, total);
-  }
-  return cudaErrorInvalidValue;
-}
-
 ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second,
                    ffi::Result<ffi::AnyBuffer> result, const CallAttrs& attrs) {
   ConvCall call;
   if (ffi::Error err = DecodeCall(pass, first, second, *result, attrs, &call); err.failure()) return err;
-  // The CUDA kernels read the canonical layout; Python copies a flipped kernel into it before calling them.
+  // The CUDA kernels read the canonical layout only: for transpose_kernel, Python copies the kernel into it.
   if (call.transpose_kernel)
     return ffi::Error::InvalidArgument("jaxseg (CUDA): the kernels take the canonical kernel layout only");
   Problem p;
   if (!MakeProblem(call, &p))
-    return ffi::Error::InvalidArgument("jaxseg (CUDA): at most 3 spatial axes, kernel size and stride <= 32");
+    return ffi::Error::InvalidArgument("jaxseg (CUDA): at most " + std::to_string(kDims) +
+                                       " spatial axes, kernel size <= " + std::to_string(kTaps) +
+                                       " and stride <= " + std::to_string(kStride));
   const int64_t total = static_cast<int64_t>(result->element_count());
   if (total == 0) return ffi::Error::Success();
-  const cudaError_t status = LaunchTyped(pass, stream, p, call, total);
+  cudaError_t status = cudaSuccess;
+  const bool launched = DispatchDTypes<CudaTypes>(call.operand_type, call.result_type, [&](auto types) {
+    using D = decltype(types);
+    status = Launch<typename D::Operand, typename D::Result, typename D::Accumulate>(pass, stream, p, call.first,
+                                                                                      call.second, call.result, total);
+  });
+  if (!launched) return ffi::Error::Internal("jaxseg (CUDA): no kernel for this dtype pair");
   if (status != cudaSuccess)
     return ffi::Error::Internal(std::string("jaxseg: CUDA launch failed: ") + cudaGetErrorString(status));
   return ffi::Error::Success();

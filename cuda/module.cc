@@ -13,8 +13,8 @@ NB_MODULE(_jaxseg_cuda, m) {
     static XLA_FFI_Handler* const handlers[] = {JaxsegCudaForward, JaxsegCudaInputGrad, JaxsegCudaWeightGrad};
     return jaxseg::Registrations(handlers);
   });
-  // Limits of the CUDA kernels' tap tables (cuda/kernels.cu); larger layers lower to XLA's convolution on GPU.
-  m.attr("max_spatial_dims") = 3;
-  m.attr("max_kernel_size") = 32;
-  m.attr("max_stride") = 32;
+  // Limits of the CUDA kernels' tap tables; larger layers lower to XLA's convolution on GPU.
+  m.attr("max_spatial_dims") = jaxseg::cuda::kMaxSpatialDims;
+  m.attr("max_kernel_size") = jaxseg::cuda::kMaxKernelSize;
+  m.attr("max_stride") = jaxseg::cuda::kMaxStride;
 }

@@ -1,0 +1,115 @@
+// Vectors and register tiles of one kernel build: the tile shape of the instruction set, 64-byte vectors of the
+// accumulation type (GCC vector extensions, which the compiler lowers to one AVX-512, two AVX2 or four SSE
+// registers), loads at any address, stores of a tile to its rows, and the sum of a vector's lanes.
+//
+// Compiled once per instruction set: the including cpu/kernels_<isa>.cc defines JAXSEG_ISA (the namespace) and
+// the tile JAXSEG_ROWS x JAXSEG_COL_VECS (and optionally JAXSEG_WIDE_COL_VECS), and is built with the instruction
+// set's flags.
+#ifndef JAXSEG_CPU_SIMD_H_
+#define JAXSEG_CPU_SIMD_H_
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "cpu/numeric.h"
+
+#if !defined(JAXSEG_ISA) || !defined(JAXSEG_ROWS) || !defined(JAXSEG_COL_VECS)
+#error "cpu/simd.h belongs to a kernel build: include it from cpu/kernels_<isa>.cc"
+#endif
+
+namespace jaxseg::cpu::JAXSEG_ISA {
+namespace {
+
+// The register tile of the products: kRows rows x kColVecs vectors.
+constexpr int kRows = JAXSEG_ROWS;
+constexpr int kColVecs = JAXSEG_COL_VECS;
+// The widest tile (in vectors, kRows rows) for a product with few columns, where the register file allows more
+// than kColVecs: the forward with few output channels (ImageForwardItem in cpu/forward.h).
+#ifndef JAXSEG_WIDE_COL_VECS
+#define JAXSEG_WIDE_COL_VECS JAXSEG_COL_VECS
+#endif
+constexpr int kWideColVecs = JAXSEG_WIDE_COL_VECS;
+
+typedef float VecF32 __attribute__((vector_size(64)));
+typedef double VecF64 __attribute__((vector_size(64)));
+// The same vectors at any element address (loads compile to unaligned moves). Not usable as template arguments,
+// which drop the alignment attribute: LoadUnaligned picks one.
+typedef float VecF32U __attribute__((vector_size(64), aligned(4)));
+typedef double VecF64U __attribute__((vector_size(64), aligned(8)));
+
+template <typename Acc>
+struct Vec {
+  using type = std::conditional_t<std::is_same_v<Acc, double>, VecF64, VecF32>;
+  static constexpr int kWidth = 64 / sizeof(Acc);
+  static constexpr int kCols = kColVecs * kWidth;
+};
+
+inline int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+template <typename Acc>
+inline typename Vec<Acc>::type LoadUnaligned(const Acc* p) {
+  if constexpr (std::is_same_v<Acc, double>) {
+    return *reinterpret_cast<const VecF64U*>(p);
+  } else {
+    return *reinterpret_cast<const VecF32U*>(p);
+  }
+}
+
+// One vector of the accumulation type from W consecutive stored elements at any address.
+template <typename T, typename Acc>
+inline typename Vec<Acc>::type LoadVector(const T* p) {
+  if constexpr (std::is_same_v<T, Acc>) {
+    return LoadUnaligned<Acc>(p);
+  } else {
+    Acc tmp[Vec<Acc>::kWidth];
+    for (int e = 0; e < Vec<Acc>::kWidth; ++e) tmp[e] = ToAcc<Acc>(p[e]);
+    typename Vec<Acc>::type v;
+    std::memcpy(&v, tmp, sizeof(v));
+    return v;
+  }
+}
+
+// Stores the first `rows` x `cols` values of a tile, row i to dst[i], converted to the result type.
+template <typename U, typename Acc, int CV = kColVecs>
+inline void StoreTile(const typename Vec<Acc>::type (&acc)[kRows][CV], U* const (&dst)[kRows], int rows,
+                      int cols) {
+  using V = typename Vec<Acc>::type;
+  if constexpr (std::is_same_v<U, Acc>) {
+    // Whole vectors where the tile is full: a variable-length copy compiles to `rep movs`, whose start-up cost
+    // rivals the tile's FMAs when the depth is small.
+    if (cols == CV * Vec<Acc>::kWidth) {
+      for (int i = 0; i < rows; ++i)
+        for (int c = 0; c < CV; ++c) std::memcpy(dst[i] + c * Vec<Acc>::kWidth, &acc[i][c], sizeof(V));
+      return;
+    }
+  }
+  for (int i = 0; i < rows; ++i) {
+    Acc tmp[CV * Vec<Acc>::kWidth];
+    std::memcpy(tmp, acc[i], sizeof(tmp));
+    for (int c = 0; c < cols; ++c) dst[i][c] = FromAcc<U>(tmp[c]);
+  }
+}
+
+// The sum of a vector's lanes, by halving (fewer dependent adds than a lane-by-lane sum).
+template <typename Acc>
+inline Acc HorizontalSum(const typename Vec<Acc>::type& v) {
+  typedef Acc Half __attribute__((vector_size(32)));
+  typedef Acc Quarter __attribute__((vector_size(16)));
+  Half h[2];
+  std::memcpy(h, &v, sizeof(h));
+  const Half a = h[0] + h[1];
+  Quarter q[2];
+  std::memcpy(q, &a, sizeof(q));
+  const Quarter b = q[0] + q[1];
+  Acc lanes[16 / sizeof(Acc)];
+  std::memcpy(lanes, &b, sizeof(lanes));
+  Acc sum = 0;
+  for (const Acc l : lanes) sum += l;
+  return sum;
+}
+
+}  // namespace
+}  // namespace jaxseg::cpu::JAXSEG_ISA
+
+#endif  // JAXSEG_CPU_SIMD_H_
