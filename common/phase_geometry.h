@@ -86,9 +86,16 @@ struct Phase {
   std::vector<Tap> taps;
 };
 
-// Everything about one spatial axis. `phases` has one entry per residue in [0, stride) (count 0 when the output
-// is shorter than the stride); `phase_of_tap[k]` and `offset_of_tap[k]` give the inverse view used by the input
-// gradient and the weight gradient: tap k links input j with output (j - offset)*stride + residue.
+// Outputs of residue r on an axis of `out_size` outputs and this stride: o = q*stride + r for q in [0, count).
+inline int64_t ResidueCount(int64_t out_size, int64_t stride, int64_t r) {
+  return r < out_size ? CeilDiv(out_size - r, stride) : 0;
+}
+
+// Everything about one spatial axis. `phases` holds only the residues that some tap reaches, in increasing
+// order: at most one per tap, whatever the stride, so nothing here grows with a stride much larger than the
+// kernel. The outputs of any other residue have no taps: they are zero. `phase_of_tap[k]` (an index into
+// `phases`) and `offset_of_tap[k]` give the inverse view used by the input gradient and the weight gradient:
+// tap k links input j with output (j - offset)*stride + residue.
 struct AxisGeometry {
   int64_t in_size, kernel_size, stride, dilation, pad_lo, pad_hi, out_size;
   std::vector<Phase> phases;
@@ -97,9 +104,16 @@ struct AxisGeometry {
 
   // The output index tap k links with input index j, or -1 where that falls outside the output.
   int64_t OutputOf(int64_t k, int64_t j) const {
-    const int64_t r = phase_of_tap[k];
+    const Phase& p = phases[phase_of_tap[k]];
     const int64_t q = j - offset_of_tap[k];
-    return (q >= 0 && q < phases[r].count) ? q * stride + r : -1;
+    return (q >= 0 && q < p.count) ? q * stride + p.residue : -1;
+  }
+
+  // Whether every output of this axis has a tap (else some outputs are zero whatever the operands).
+  bool EveryOutputHasTaps() const {
+    int64_t reached = 0;
+    for (const Phase& p : phases) reached += p.count > 0;
+    return reached == std::min(stride, out_size);
   }
 };
 
@@ -109,21 +123,19 @@ inline AxisGeometry MakeAxisGeometry(int64_t in, int64_t kernel, int64_t stride,
   AxisGeometry g{in, kernel, stride, dilation, lo, hi, OutputSize(in, kernel, stride, dilation, lo, hi), {}, {},
                  {}};
   if (g.out_size < 0) g.out_size = 0;
-  g.phases.resize(stride);
+  // Tap k reaches the residue r with r + d*k - lo = 0 (mod s), at input offset (r + d*k - lo) / s.
+  std::vector<std::pair<int64_t, int64_t>> residue_of_tap(kernel);  // (residue, k), sorted to group the phases
+  for (int64_t k = 0; k < kernel; ++k) residue_of_tap[k] = {FloorMod(lo - dilation * k, stride), k};
+  std::sort(residue_of_tap.begin(), residue_of_tap.end());
   g.phase_of_tap.assign(kernel, 0);
   g.offset_of_tap.assign(kernel, 0);
-  for (int64_t r = 0; r < stride; ++r) {
-    Phase& p = g.phases[r];
-    p.residue = r;
-    p.count = r < g.out_size ? CeilDiv(g.out_size - r, stride) : 0;
-  }
-  for (int64_t k = 0; k < kernel; ++k) {
-    // The phase r with r + d*k - lo = 0 (mod s), and the offset (r + d*k - lo) / s.
-    const int64_t r = FloorMod(lo - dilation * k, stride);
+  for (const auto& [r, k] : residue_of_tap) {
+    if (g.phases.empty() || g.phases.back().residue != r)
+      g.phases.push_back(Phase{r, ResidueCount(g.out_size, stride, r), {}});
+    Phase& p = g.phases.back();
     const int64_t off = (r + dilation * k - lo) / stride;  // exact
-    g.phase_of_tap[k] = r;
+    g.phase_of_tap[k] = static_cast<int64_t>(g.phases.size()) - 1;
     g.offset_of_tap[k] = off;
-    Phase& p = g.phases[r];
     const int64_t q_begin = std::min(p.count, std::max<int64_t>(0, -off));
     const int64_t q_end = std::max(q_begin, std::min(p.count, in - off));
     p.taps.push_back(Tap{k, off, q_begin, q_end});
@@ -133,7 +145,8 @@ inline AxisGeometry MakeAxisGeometry(int64_t in, int64_t kernel, int64_t stride,
 
 // The phases of all spatial axes together: a phase is one residue per axis; its outputs are the grid
 // q = (q_0, ..., q_{D-1}), q_a in [0, count_a), at o_a = q_a*stride_a + residue_a, and its taps are every
-// combination of one tap per axis (the sub-kernel). The kernels walk these instead of the axes one by one.
+// combination of one tap per axis (the sub-kernel). The kernels walk these instead of the axes one by one. Only
+// phases with taps are listed (see AxisGeometry); every output of another phase is zero.
 constexpr int kMaxSpatialDims = 8;
 
 struct TapND {

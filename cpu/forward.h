@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -189,7 +190,7 @@ void ImageForwardItem(const ForwardPlan& plan, int64_t item) {
   PixelStrides(axes, false, out_stride);
   const int64_t last = d - 1, co_n = call.out_ch;
   thread_local std::vector<Acc> line_sum;
-  for (const PhaseND& phase : plan.phases) {
+  for (const PhaseND& phase : plan.phases) {  // phases with taps; PrepareForward zeroed the others' outputs
     if (phase.pixels == 0) continue;
     const int64_t line = phase.count[last];
     line_sum.resize(line * co_n);
@@ -230,6 +231,11 @@ bool PrepareForward(ForwardPlan& plan, int64_t workers) {
   if (!plan.zeros) return false;
   const T* w = static_cast<const T*>(call.second);
   plan.phases = MakePhasesND(call.axes);
+  // Outputs of phases without taps (a kernel smaller than the stride) are zero: written once here, so that no
+  // work item, table or packed panel is spent on them.
+  if (!std::all_of(call.axes.begin(), call.axes.end(), [](const AxisGeometry& a) { return a.EveryOutputHasTaps(); }))
+    std::memset(call.result, 0,
+                static_cast<size_t>(call.groups * call.batch * call.OutSpatial() * call.out_ch) * sizeof(U));
   plan.phase_blocks = 0;
   for (const PhaseND& p : plan.phases)
     plan.phase_blocks = std::max(plan.phase_blocks, (call.batch * p.pixels + kBlockRows - 1) / kBlockRows);

@@ -1,7 +1,8 @@
 // The indirect-GEMM core of one kernel build, shared by the forward and the input gradient: for a block of
 // destination pixels, dst[m] = sum over taps t of src(m, t) . W[t], where src(m, t) is the pixel row that tap t
-// reads for pixel m (a zero row where it meets padding, so the inner loop has no branch) and W[t] a packed panel
-// (cpu/packing.h). Here: the per-thread gather tables, the register tile held across all taps, the grouping of a
+// reads for pixel m and W[t] a packed panel (cpu/packing.h). Where a tap meets padding the row is a zero row, and
+// that tap adds nothing to that pixel: not 0 * W[t], which is NaN where W[t] holds an infinity (XLA's convolution
+// never multiplies padding). Register tiles whose rows all read the input for a tap take the plain loop. Here: the per-thread gather tables, the register tile held across all taps, the grouping of a
 // block's rows by the taps they read, the block product with column tiles outermost, and its dot-product form for
 // layers with only a few output channels.
 //
@@ -51,34 +52,56 @@ struct BlockTables {
   }
 };
 
-// Source rows of tap t for the R rows of a tile starting at r0 (the zero row past the block's end); false when
-// every one of them is the zero row, so the tap can be skipped.
+// Source rows of tap t for the R rows of a tile starting at r0 (the zero row past the block's end), and the
+// rows among the first `nrows` that read the input (bit i for row i): zero when the tap can be skipped.
 template <int R, typename T>
-inline bool TileRows(const T* const* src, int64_t taps, int64_t r0, int nrows, int64_t t, const T* zero,
-                     const T* (&rp)[R]) {
-  bool any = false;
+inline uint32_t TileRows(const T* const* src, int64_t taps, int64_t r0, int nrows, int64_t t, const T* zero,
+                         const T* (&rp)[R]) {
+  uint32_t present = 0;
   for (int i = 0; i < R; ++i) {
     rp[i] = i < nrows ? src[(r0 + i) * taps + t] : zero;
-    any |= rp[i] != zero;
+    present |= uint32_t{rp[i] != zero} << i;
   }
-  return any;
+  return present;
 }
+
+inline bool AllRows(uint32_t present, int nrows) { return present == (uint32_t{1} << nrows) - 1; }
 
 // One register tile: acc = sum over taps t of (its rows' sources for t) . (t's panel), depth rows each. The
 // tile stays in registers across all taps (when the depth is small, a load and store of the tile per tap would
-// cost more than the tap's FMAs).
+// cost more than the tap's FMAs). A tap that only some rows read is added to those rows alone (a select per
+// product: rare once GroupRowsByTaps has sorted the rows).
 template <typename T, typename Acc, int CV = kColVecs>
 inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][CV], const T* const* src, int64_t taps,
                        int64_t r0, int nrows, const int64_t* tap_k, const Acc* __restrict w, int64_t tap_stride,
                        int64_t depth, const T* zero) {
   using V = typename Vec<Acc>::type;
+  using M = typename Vec<Acc>::mask;
   constexpr int W = Vec<Acc>::kWidth;
   constexpr int64_t kcols = CV * W;
   V r[kRows][CV] = {};
   for (int64_t t = 0; t < taps; ++t) {
     const T* rows[kRows];
-    if (!TileRows<kRows>(src, taps, r0, nrows, t, zero, rows)) continue;
+    const uint32_t present = TileRows<kRows>(src, taps, r0, nrows, t, zero, rows);
+    if (!present) continue;
     const Acc* b = w + tap_k[t] * tap_stride;  // the panel: depth rows of kcols, 64-byte aligned
+    if (AllRows(present, nrows)) {
+      for (int64_t p = 0; p < depth; ++p) {
+        V bv[CV];
+        const Acc* bp = b + p * kcols;
+#pragma GCC unroll 4
+        for (int c = 0; c < CV; ++c) bv[c] = *reinterpret_cast<const V*>(bp + c * W);
+#pragma GCC unroll 16
+        for (int i = 0; i < kRows; ++i) {
+          const Acc a = ToAcc<Acc>(rows[i][p]);
+#pragma GCC unroll 4
+          for (int c = 0; c < CV; ++c) r[i][c] += bv[c] * a;
+        }
+      }
+      continue;
+    }
+    M keep[kRows];
+    for (int i = 0; i < kRows; ++i) keep[i] = LaneMask<Acc>((present >> i) & 1);
     for (int64_t p = 0; p < depth; ++p) {
       V bv[CV];
       const Acc* bp = b + p * kcols;
@@ -88,7 +111,7 @@ inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][CV], const T* const
       for (int i = 0; i < kRows; ++i) {
         const Acc a = ToAcc<Acc>(rows[i][p]);
 #pragma GCC unroll 4
-        for (int c = 0; c < CV; ++c) r[i][c] += bv[c] * a;
+        for (int c = 0; c < CV; ++c) r[i][c] = keep[i] ? r[i][c] + bv[c] * a : r[i][c];
       }
     }
   }
@@ -180,7 +203,12 @@ void NarrowBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t*
     Acc rest[kNarrowRows][C] = {};
     for (int64_t t = 0; t < taps; ++t) {
       const T* rp[kNarrowRows];
-      if (!TileRows<kNarrowRows>(src, taps, r0, nrows, t, zero, rp)) continue;
+      const uint32_t present = TileRows<kNarrowRows>(src, taps, r0, nrows, t, zero, rp);
+      if (!present) continue;
+      // Rows that read padding for this tap take none of its products (see the top of this file).
+      const bool all = AllRows(present, nrows);
+      typename Vec<Acc>::mask keep[kNarrowRows];
+      for (int i = 0; i < kNarrowRows; ++i) keep[i] = LaneMask<Acc>((present >> i) & 1);
       const Acc* tap_panels = wt + tap_k[t] * tiles * C * kcols;
       for (int64_t tile = 0; tile < full; ++tile) {
         const Acc* panel = tap_panels + tile * C * kcols;
@@ -190,14 +218,20 @@ void NarrowBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t*
 #pragma GCC unroll 4
           for (int c = 0; c < C; ++c) {
             const V wv = *reinterpret_cast<const V*>(panel + c * kcols + v * W);
+            if (all) {
 #pragma GCC unroll 4
-            for (int i = 0; i < kNarrowRows; ++i) acc[i][c] += xv[i] * wv;
+              for (int i = 0; i < kNarrowRows; ++i) acc[i][c] += xv[i] * wv;
+            } else {
+#pragma GCC unroll 4
+              for (int i = 0; i < kNarrowRows; ++i) acc[i][c] = keep[i] ? acc[i][c] + xv[i] * wv : acc[i][c];
+            }
           }
         }
       }
       const Acc* panel = tap_panels + full * C * kcols;
       for (int64_t p = full * kcols; p < depth; ++p)
         for (int i = 0; i < kNarrowRows; ++i) {
+          if (!((present >> i) & 1)) continue;
           const Acc xval = ToAcc<Acc>(rp[i][p]);
           for (int c = 0; c < C; ++c) rest[i][c] += xval * panel[c * kcols + (p - full * kcols)];
         }

@@ -38,12 +38,22 @@ typedef double VecF64 __attribute__((vector_size(64)));
 typedef float VecF32U __attribute__((vector_size(64), aligned(4)));
 typedef double VecF64U __attribute__((vector_size(64), aligned(8)));
 
+typedef int32_t MaskF32 __attribute__((vector_size(64)));
+typedef int64_t MaskF64 __attribute__((vector_size(64)));
+
 template <typename Acc>
 struct Vec {
   using type = std::conditional_t<std::is_same_v<Acc, double>, VecF64, VecF32>;
+  using mask = std::conditional_t<std::is_same_v<Acc, double>, MaskF64, MaskF32>;  // lanes of all ones or zeros
   static constexpr int kWidth = 64 / sizeof(Acc);
   static constexpr int kCols = kColVecs * kWidth;
 };
+
+// A lane mask of all ones where `on`, for `mask ? a : b` selects.
+template <typename Acc>
+inline typename Vec<Acc>::mask LaneMask(bool on) {
+  return typename Vec<Acc>::mask{} - static_cast<int>(on);
+}
 
 inline int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 

@@ -75,19 +75,25 @@ bool MakeProblem(const ConvShape& shape, Problem* p) {
     t.out = g.out_size;
     t.kernel = g.kernel_size;
     t.stride = g.stride;
+    // The geometry lists only the residues with taps (in increasing order); the tables have one entry per
+    // residue, those without taps empty.
     int32_t n = 0;
+    size_t next = 0;
     for (int64_t r = 0; r < g.stride; ++r) {
-      t.phase_count[r] = g.phases[r].count;
+      t.phase_count[r] = ResidueCount(g.out_size, g.stride, r);
       t.phase_begin[r] = n;
-      for (const Tap& tap : g.phases[r].taps) {
-        t.tap_k[n] = static_cast<int32_t>(tap.k);
-        t.tap_offset[n] = tap.offset;
-        ++n;
+      if (next < g.phases.size() && g.phases[next].residue == r) {
+        for (const Tap& tap : g.phases[next].taps) {
+          t.tap_k[n] = static_cast<int32_t>(tap.k);
+          t.tap_offset[n] = tap.offset;
+          ++n;
+        }
+        ++next;
       }
     }
     t.phase_begin[g.stride] = n;
     for (int64_t k = 0; k < g.kernel_size; ++k) {
-      t.phase_of_k[k] = static_cast<int32_t>(g.phase_of_tap[k]);
+      t.phase_of_k[k] = static_cast<int32_t>(g.phases[g.phase_of_tap[k]].residue);
       t.offset_of_k[k] = g.offset_of_tap[k];
     }
   }

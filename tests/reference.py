@@ -58,3 +58,42 @@ def transpose_padding(k_eff, s, mode):
     total = k_eff + s - 2 + max(k_eff - s, 0)
     lo = k_eff - 1
   return lo, total - lo
+
+
+def _tap_links(in_size, out_size, k, s, d, lo):
+  """Inputs j and outputs o = j*s + lo - d*k that tap k links on one axis, as two slices."""
+  j_first = max(0, -((lo - d * k) // s))  # ceil((d*k - lo) / s)
+  j_last = min(in_size - 1, (out_size - 1 + d * k - lo) // s)
+  if j_last < j_first:
+    return None
+  o_first = j_first * s + lo - d * k
+  return slice(j_first, j_last + 1), slice(o_first, o_first + (j_last - j_first) * s + 1, s)
+
+
+def linked_passes(x, w, dy, strides, padding, dilation=None):
+  """The three passes in float64, summed over the (input, tap, output) triples the transposed convolution links
+  and nothing else: no product meets a padding or an inserted zero, so infinities and NaNs propagate exactly as
+  far as the links reach. Canonical layout (x: N, H..., Ci; w: K..., Ci, Co; dy: N, O..., Co).
+  Returns (y, dx, dw)."""
+  x, w, dy = (np.asarray(v, np.float64) for v in (x, w, dy))
+  n = x.ndim - 2
+  dilation = dilation or (1,) * n
+  y, dx, dw = np.zeros(dy.shape), np.zeros(x.shape), np.zeros(w.shape)
+  with np.errstate(invalid="ignore"):  # inf - inf is the NaN these sums are meant to give
+    for k in itertools.product(*[range(kk) for kk in w.shape[:n]]):
+      _add_tap(x, w, dy, y, dx, dw, k, strides, padding, dilation)
+  return y, dx, dw
+
+
+def _add_tap(x, w, dy, y, dx, dw, k, strides, padding, dilation):
+  """Adds kernel tap k's products to each pass: every (input j, output o) pair it links, on every axis."""
+  n = x.ndim - 2
+  links = [_tap_links(x.shape[1 + a], dy.shape[1 + a], k[a], strides[a], dilation[a], padding[a][0])
+           for a in range(n)]
+  if any(link is None for link in links):
+    return
+  j = (slice(None), *[link[0] for link in links], slice(None))
+  o = (slice(None), *[link[1] for link in links], slice(None))
+  y[o] += np.einsum("n...c,cd->n...d", x[j], w[k])
+  dx[j] += np.einsum("n...d,cd->n...c", dy[o], w[k])
+  dw[k] += np.einsum("mc,md->cd", x[j].reshape(-1, x.shape[-1]), dy[o].reshape(-1, dy.shape[-1]))

@@ -80,6 +80,10 @@ GRID = [
     ((2, 3, 4), (2, 2, 2), (2, 2, 2), "VALID"),
     ((3, 4, 2), (3, 2, 3), (2, 1, 3), "SAME"),
     ((3, 3, 3), (3, 3, 3), (2, 2, 2), [(1, 1), (0, 2), (2, 0)]),
+    # Strides far larger than the kernel: most phases have no taps and their outputs are zero.
+    ((5,), (3,), (50,), "SAME"),
+    ((3, 4), (2, 3), (7, 5), [(1, 0), (0, 2)]),
+    ((2, 2, 3), (1, 2, 3), (5, 3, 9), "VALID"),
 ]
 
 
@@ -140,6 +144,9 @@ def test_wide_channels_and_tiles(rng):
     # Enough channels that blocks order their rows by the taps they read (border rows apart).
     ((2, 4, 5, 3, 64), (3, 4, 2, 64, 72), (2, 2, 2), "SAME"),
     ((2, 9, 80), (5, 80, 64), (3,), [(1, 2)]),
+    # Strides far larger than the kernel (phases without taps).
+    ((2, 5, 6, 8), (3, 2, 8, 5), (8, 7), "SAME"),
+    ((2, 4, 6), (3, 6, 4), (200,), [(1, 1)]),
 ])
 def test_wide_channels_gradients(rng, lhs_shape, rhs_shape, strides, padding):
   """Forward and gradients where the column tiles are partial: the weight gradient reads a partial tile as whole
