@@ -4,6 +4,8 @@
 #ifndef JAXSEG_COMMON_DTYPES_H_
 #define JAXSEG_COMMON_DTYPES_H_
 
+#include <cstdint>
+
 namespace jaxseg {
 
 enum class DType { kF32, kF64, kBF16, kF16 };
@@ -23,6 +25,12 @@ inline constexpr DTypeRule kDTypeRules[] = {
     {DType::kBF16, DType::kF32, {DType::kBF16, DType::kF32}, 2},
     {DType::kF16, DType::kF32, {DType::kF16, DType::kF32}, 2},
 };
+
+// How float32 operands are multiplied: the `precision` attribute of every call, from the primitive's precision
+// (jaxseg/_passes.py). kDefault is what XLA's GPU convolutions do at precision None/DEFAULT/HIGH, TF32 tensor
+// cores on Ampere and later (jax.lax.Precision: "On GPU: uses tensorfloat32 if available"); kHighest is float32
+// accuracy (HIGHEST: "On GPU: uses float32"). The CPU kernels compute exactly at both; the other dtypes ignore it.
+enum class Precision : int64_t { kDefault = 0, kHighest = 1 };
 
 constexpr const DTypeRule& Rule(DType operand) { return kDTypeRules[static_cast<int>(operand)]; }
 

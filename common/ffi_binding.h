@@ -1,11 +1,13 @@
 // The signature every jaxseg custom call binds, and the decoding of its buffers that the CPU and CUDA handlers
-// share: two operands, one result and the geometry attributes, after the platform's context (XLA's CPU thread
-// pool, or the CUDA stream). Python passes the geometry as 1-D int64 arrays and `transpose_kernel` as a bool.
+// share: two operands, one result and the attributes, after the platform's contexts (XLA's CPU thread pool, or
+// the CUDA stream and scratch allocator). Python passes the geometry as 1-D int64 arrays, `transpose_kernel` as a
+// bool and `precision` (common/dtypes.h) as an int64.
 #ifndef JAXSEG_COMMON_FFI_BINDING_H_
 #define JAXSEG_COMMON_FFI_BINDING_H_
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "common/conv_shape.h"
 #include "common/dtypes.h"
@@ -17,6 +19,7 @@ namespace jaxseg {
 struct CallAttrs {
   xla::ffi::Span<const int64_t> strides, dilation, padding_lo, padding_hi;
   bool transpose_kernel;
+  int64_t precision;  // Precision (common/dtypes.h); the CPU kernels compute exactly whatever it says
 };
 
 }  // namespace jaxseg
@@ -26,19 +29,25 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(::jaxseg::CallAttrs,
                                       ::xla::ffi::StructMember<::xla::ffi::Span<const int64_t>>("dilation"),
                                       ::xla::ffi::StructMember<::xla::ffi::Span<const int64_t>>("padding_lo"),
                                       ::xla::ffi::StructMember<::xla::ffi::Span<const int64_t>>("padding_hi"),
-                                      ::xla::ffi::StructMember<bool>("transpose_kernel"));
+                                      ::xla::ffi::StructMember<bool>("transpose_kernel"),
+                                      ::xla::ffi::StructMember<int64_t>("precision"));
 
 namespace jaxseg {
 
-template <typename Context>
-auto BindConvTranspose() {
+// The operands, result and attributes of every call, after the contexts already in `binding`.
+template <typename Binding>
+auto BindCallOperands(Binding&& binding) {
   namespace ffi = xla::ffi;
-  return ffi::Ffi::Bind()
-      .Ctx<Context>()
+  return std::move(binding)
       .template Arg<ffi::AnyBuffer>()
       .template Arg<ffi::AnyBuffer>()
       .template Ret<ffi::AnyBuffer>()
       .template Attrs<CallAttrs>();
+}
+
+template <typename Context>
+auto BindConvTranspose() {
+  return BindCallOperands(xla::ffi::Ffi::Bind().Ctx<Context>());
 }
 
 inline bool ToDType(xla::ffi::DataType t, DType* out) {

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxseg._passes import PASSES, Geometry, Pass
 
 
-def _sharding_rule(p: Pass, geometry, out_dtype, mesh, operand_types, result_types):
+def _sharding_rule(p: Pass, geometry, out_dtype, precision, mesh, operand_types, result_types):
   a, b, out = p.all_factors(geometry.ndim, geometry.transpose_kernel)
   kept = set(p.kept + p.reduced)
   replicated = tuple(f for f in dict.fromkeys(a + b + out) if f not in kept)
@@ -58,13 +58,15 @@ def _named(mesh, factors, chosen):
   return NamedSharding(mesh, PartitionSpec(*(chosen.get(f) for f in factors)))
 
 
-def local_call(p: Pass, geometry: Geometry, out_dtype, a, b):
-  """The custom call itself on (a, b), with the result shape of the pass's shape rule."""
+def local_call(p: Pass, geometry: Geometry, out_dtype, precision: int, a, b):
+  """The custom call itself on (a, b), with the result shape of the pass's shape rule; `precision` is the
+  attribute's value (_passes.precision_attribute)."""
   out_shape = p.result_shape(a.shape, b.shape, geometry)
-  return jax.ffi.ffi_call(p.target, jax.ShapeDtypeStruct(out_shape, out_dtype))(a, b, **geometry.ffi_attributes())
+  return jax.ffi.ffi_call(p.target, jax.ShapeDtypeStruct(out_shape, out_dtype))(
+      a, b, **geometry.ffi_attributes(precision))
 
 
-def _partition(p: Pass, geometry, out_dtype, mesh, arg_shapes, result_shape):
+def _partition(p: Pass, geometry, out_dtype, precision, mesh, arg_shapes, result_shape):
   a_names, b_names, out_names = p.all_factors(geometry.ndim, geometry.transpose_kernel)
   chosen = _choose(p, geometry, [s.sharding for s in arg_shapes], [len(s.shape) for s in arg_shapes])
   # Reduced factors stay sharded on the operands and leave the result; their mesh axes are summed over.
@@ -73,7 +75,7 @@ def _partition(p: Pass, geometry, out_dtype, mesh, arg_shapes, result_shape):
   psum_axes = tuple(a for r in reduced.values() for a in (r if isinstance(r, tuple) else (r,)))
 
   def lower(a, b):
-    out = local_call(p, geometry, out_dtype, a, b)
+    out = local_call(p, geometry, out_dtype, precision, a, b)
     return jax.lax.psum(out, psum_axes) if psum_axes else out
 
   return mesh, lower, _named(mesh, out_names, chosen), arg_out
@@ -86,7 +88,7 @@ def _result_chosen(p: Pass, geometry: Geometry, shardings, ndims):
   return chosen
 
 
-def _infer(p: Pass, geometry, out_dtype, mesh, arg_shapes, result_shape):
+def _infer(p: Pass, geometry, out_dtype, precision, mesh, arg_shapes, result_shape):
   chosen = _result_chosen(p, geometry, [s.sharding for s in arg_shapes], [len(s.shape) for s in arg_shapes])
   return _named(mesh, p.factors(p.result_role, geometry.ndim, geometry.transpose_kernel), chosen)
 
@@ -102,9 +104,9 @@ def result_sharding(p: Pass, geometry: Geometry, a_aval, b_aval):
 
 
 def _make(p: Pass):
-  @partial(custom_partitioning, static_argnums=(0, 1))
-  def call(geometry, out_dtype, a, b):
-    return local_call(p, geometry, out_dtype, a, b)
+  @partial(custom_partitioning, static_argnums=(0, 1, 2))
+  def call(geometry, out_dtype, precision, a, b):
+    return local_call(p, geometry, out_dtype, precision, a, b)
 
   call.def_partition(
       partition=partial(_partition, p),
@@ -116,6 +118,6 @@ def _make(p: Pass):
 _CALLS = {p: _make(p) for p in PASSES}
 
 
-def partitioned_call(p: Pass, geometry: Geometry, out_dtype, a, b):
+def partitioned_call(p: Pass, geometry: Geometry, out_dtype, precision: int, a, b):
   """The custom call of pass `p` on (a, b), partitioned by the rules above when lowered for several devices."""
-  return _CALLS[p](geometry, np.dtype(out_dtype), a, b)
+  return _CALLS[p](geometry, np.dtype(out_dtype), int(precision), a, b)

@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import numpy as np
+from jax import lax
 
 from jaxseg import _ext
 
@@ -74,12 +76,49 @@ class Geometry:
   def spatial(self, role: str) -> tuple[Any, ...]:
     return {INPUT: self.in_spatial, KERNEL: self.kernel_spatial, OUTPUT: self.out_spatial}[role]
 
-  def ffi_attributes(self) -> dict[str, Any]:
-    """The custom calls' attributes, typed as the handlers decode them (common/ffi_binding.h)."""
+  def ffi_attributes(self, precision: int = 0) -> dict[str, Any]:
+    """The custom calls' attributes, typed as the handlers decode them (common/ffi_binding.h); `precision` is
+    `precision_attribute`'s value."""
     return dict(strides=np.asarray(self.strides, np.int64), dilation=np.asarray(self.dilation, np.int64),
                 padding_lo=np.asarray([p[0] for p in self.padding], np.int64),
                 padding_hi=np.asarray([p[1] for p in self.padding], np.int64),
-                transpose_kernel=bool(self.transpose_kernel))
+                transpose_kernel=bool(self.transpose_kernel), precision=np.int64(precision))
+
+
+# Values of the `precision` attribute (common/dtypes.h Precision).
+PRECISION_DEFAULT, PRECISION_HIGHEST = 0, 1
+
+
+def _asks_float32(precision) -> bool:
+  """Whether one precision (a lax.Precision, a dot algorithm, or a name of either) asks for float32 accuracy."""
+  if precision is None:
+    return False
+  if isinstance(precision, lax.Precision):
+    return precision == lax.Precision.HIGHEST
+  if isinstance(precision, lax.DotAlgorithm):
+    return True
+  if isinstance(precision, lax.DotAlgorithmPreset):
+    name = precision.name
+  else:
+    try:
+      return lax.Precision(precision) == lax.Precision.HIGHEST  # 'highest', 'float32', 'tensorfloat32', ...
+    except (ValueError, KeyError, TypeError):
+      name = str(precision)  # a preset's name, as default_matmul_precision takes it
+  # A dot-algorithm preset: float32 operands, or several passes of a narrower type.
+  name = name.upper()
+  return name.startswith(("F32_", "F64_")) or name.endswith(("_X3", "_X6", "_X9"))
+
+
+def precision_attribute(precision) -> int:
+  """How the kernels multiply float32 operands for the primitives' `precision` parameter, with None read as jax's
+  `default_matmul_precision` (as lax reads it): PRECISION_HIGHEST where float32 accuracy is asked for (HIGHEST,
+  'float32', F32_F32_F32, TF32_TF32_F32_X3, ...), else PRECISION_DEFAULT, which the CUDA kernels compute as XLA's
+  GPU convolutions do by default: TF32 on the tensor cores (jax.lax.Precision: DEFAULT and HIGH "On GPU: uses
+  tensorfloat32 if available"). The CPU kernels compute exactly either way."""
+  if precision is None:
+    precision = jax.config.jax_default_matmul_precision
+  pair = precision if isinstance(precision, tuple) else (precision,)
+  return PRECISION_HIGHEST if any(_asks_float32(p) for p in pair) else PRECISION_DEFAULT
 
 
 @dataclasses.dataclass(frozen=True)

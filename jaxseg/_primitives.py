@@ -25,7 +25,8 @@ from jax._src import dispatch  # apply_primitive: eager calls compile the primit
 from jax.interpreters import ad, batching, mlir
 
 from jaxseg import _ext, _partitioning
-from jaxseg._passes import FORWARD, INPUT, KERNEL, OUTPUT, PASSES, RESULT_DTYPES, Geometry, Pass, producing
+from jaxseg._passes import (FORWARD, INPUT, KERNEL, OUTPUT, PASSES, RESULT_DTYPES, Geometry, Pass, precision_attribute,
+                             producing)
 
 # --------------------------------------------------------------------------------------------------------------
 # Binding with dtype handling: the kernels take two operands of one dtype and write a dtype the table allows
@@ -198,15 +199,17 @@ def _kernel_lowering(p: Pass, platform: str):
     if platform == "cuda" and geometry.transpose_kernel:
       # The CUDA kernels read the canonical layout only.
       return mlir.lower_fun(partial(canonical_call, p, **params), multiple_results=False)(ctx, a, b)
+    # Resolved here, where jax's default_matmul_precision is in effect, as lax resolves it.
+    mode = precision_attribute(precision)
     if not _spans_devices(ctx):
-      return direct(ctx, a, b, **geometry.ffi_attributes())
+      return direct(ctx, a, b, **geometry.ffi_attributes(mode))
     if _lowering_for_export(ctx):
       # custom_partitioning's rules are Python callbacks held by this process: jax cannot serialize them.
       raise NotImplementedError(
           f"jaxseg {p.name}: exporting a computation sharded over several devices is not supported (jaxseg's "
           "partitioning rules cannot be serialized). Export a shard_map of the function, or a single-device "
           "function.")
-    call = partial(_partitioning.partitioned_call, p, geometry, out_dtype)
+    call = partial(_partitioning.partitioned_call, p, geometry, out_dtype, mode)
     return mlir.lower_fun(call, multiple_results=False)(ctx, a, b)
 
   return rule

@@ -17,7 +17,7 @@ allowed; `disabled_checks()` gives the same allowances to pass to `jax.export.ex
 
 What an artifact needs where it is called: jaxseg imported in that process (the import registers the FFI
 targets with XLA), and a jaxseg that registers every target the artifact names. Target names carry the version
-of their calling convention (operands, attributes, meaning: `jaxseg_conv_transpose_forward_v1`); a change to a
+of their calling convention (operands, attributes, meaning: `jaxseg_conv_transpose_forward_v2`); a change to a
 calling convention gets a new name, never a new meaning under an old one, so an artifact runs with the handlers
 it was exported for or not at all. `TARGETS` lists what this jaxseg registers. An artifact naming a target that
 is not registered fails when it is compiled (its first `call`) with XLA's `NOT_FOUND: No FFI handler registered

@@ -131,7 +131,7 @@ def test_flax_module_exports_with_symbolic_batch(rng, api):
     theirs = lambda p, x: nnx.merge(theirs_graph, jax.tree.unflatten(tree, p))(x)
   param_specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
   exported = jaxseg.export.export(jax.jit(ours))(param_specs, *_specs(["b, 7, 7, 6"]))
-  assert list(jaxseg.export.jaxseg_targets(exported)) == ["jaxseg_conv_transpose_forward_v1"]
+  assert list(jaxseg.export.jaxseg_targets(exported)) == ["jaxseg_conv_transpose_forward_v2"]
   loaded = _round_trip(exported)
   for batch in (1, 4):
     x = rng.standard_normal((batch, 7, 7, 6), np.float32)
@@ -191,7 +191,7 @@ def test_unknown_target_version_fails_clearly():
   blob = exported.serialize()
   assert target not in jaxseg.export.TARGETS
   # jaxseg.export.deserialize refuses it at load time, naming the target and what this jaxseg registers.
-  with pytest.raises(ValueError, match=f"{target}.*does not register.*_v1"):
+  with pytest.raises(ValueError, match=f"{target}.*does not register.*_v2"):
     jaxseg.export.deserialize(blob)
   # jax.export.deserialize loads it; its first call fails in XLA's compilation.
   loaded = jax.export.deserialize(blob)
@@ -224,7 +224,7 @@ def test_artifact_needs_jaxseg_imported_where_it_runs(tmp_path, rng):
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=HERE,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-  assert re.search(r"WITHOUT: .*No FFI handler registered for jaxseg_conv_transpose_\w+_v1", out.stdout)
+  assert re.search(r"WITHOUT: .*No FFI handler registered for jaxseg_conv_transpose_\w+_v2", out.stdout)
   got = np.load(tmp_path / "out.npz")
   for i, want in enumerate(f(x, w)):
     assert_close(got[f"arr_{i}"], want)
