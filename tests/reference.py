@@ -1,33 +1,75 @@
 """An independent float64 reference: the textbook zero-insertion form in NumPy, in the canonical layout
-(x: N, H..., Ci; w: K..., Ci, Co; no kernel transpose). Deliberately naive: it shares no code with jaxseg."""
+(x: N, H..., Ci; w: K..., Ci, Co; no kernel transpose), with its two adjoints (the input and weight gradients).
+Deliberately naive: it shares no code with jaxseg."""
 
 import itertools
 
 import numpy as np
 
 
-def conv_transpose_ref(x, w, strides, padding, dilation=None):
+def padded_dilated(x, strides, padding):
+  """x (N, H..., C) with s-1 zeros inserted between elements and padded (lo, hi) per axis; negative pads crop
+  (XLA's order: the size is lo + n + hi even when a crop exceeds n)."""
   x = np.asarray(x, np.float64)
-  w = np.asarray(w, np.float64)
-  n = x.ndim - 2
-  dilation = dilation or (1,) * n
-  # Insert s-1 zeros between input elements.
   shape = (x.shape[0], *[(h - 1) * s + 1 for h, s in zip(x.shape[1:-1], strides)], x.shape[-1])
   xd = np.zeros(shape)
   xd[(slice(None), *[slice(None, None, s) for s in strides], slice(None))] = x
-  # Pad, then crop for negative padding (XLA's order: the size is lo + n + hi even when a crop exceeds n).
   for a, (lo, hi) in enumerate(padding):
     ax = a + 1
     zeros = lambda m: np.zeros(xd.shape[:ax] + (m,) + xd.shape[ax + 1:])
     xd = np.concatenate([zeros(max(lo, 0)), xd, zeros(max(hi, 0))], axis=ax)
     xd = np.take(xd, range(max(-lo, 0), xd.shape[ax] - max(-hi, 0)), axis=ax)
+  return xd
+
+
+def _tap_windows(kernel, dilation, out_spatial):
+  """(tap, slices of the padded dilated input it meets for every output) for each kernel tap."""
+  for k in itertools.product(*[range(kk) for kk in kernel]):
+    yield k, tuple(slice(d * kk, d * kk + o) for kk, d, o in zip(k, dilation, out_spatial))
+
+
+def conv_transpose_ref(x, w, strides, padding, dilation=None):
+  w = np.asarray(w, np.float64)
+  n = x.ndim - 2
+  dilation = dilation or (1,) * n
+  xd = padded_dilated(x, strides, padding)
   ks = w.shape[:n]
   out_sp = [xd.shape[a + 1] - d * (k - 1) for a, (k, d) in enumerate(zip(ks, dilation))]
   y = np.zeros((x.shape[0], *out_sp, w.shape[-1]))
-  for k in itertools.product(*[range(kk) for kk in ks]):
-    sl = tuple(slice(d * kk, d * kk + o) for kk, d, o in zip(k, dilation, out_sp))
+  for k, sl in _tap_windows(ks, dilation, out_sp):
     y += np.einsum("n...c,cd->n...d", xd[(slice(None), *sl, slice(None))], w[k])
   return y
+
+
+def input_grad_ref(dy, w, strides, padding, in_spatial, dilation=None):
+  """The adjoint of conv_transpose_ref in x: dx (N, H..., Ci) for dy (N, O..., Co)."""
+  dy, w = np.asarray(dy, np.float64), np.asarray(w, np.float64)
+  n = dy.ndim - 2
+  dilation = dilation or (1,) * n
+  frame = [(h - 1) * s + 1 + lo + hi for h, s, (lo, hi) in zip(in_spatial, strides, padding)]
+  g = np.zeros((dy.shape[0], *frame, w.shape[-2]))
+  for k, sl in _tap_windows(w.shape[:n], dilation, dy.shape[1:-1]):
+    g[(slice(None), *sl, slice(None))] += np.einsum("n...d,cd->n...c", dy, w[k])
+  # Input j sits at j*s + lo of the frame; padding cropped it away where that is outside.
+  dx = np.zeros((dy.shape[0], *in_spatial, w.shape[-2]))
+  for j in itertools.product(*[range(h) for h in in_spatial]):
+    t = tuple(jj * s + lo for jj, s, (lo, _) in zip(j, strides, padding))
+    if all(0 <= tt < f for tt, f in zip(t, frame)):
+      dx[(slice(None), *j, slice(None))] = g[(slice(None), *t, slice(None))]
+  return dx
+
+
+def weight_grad_ref(x, dy, strides, padding, kernel, dilation=None):
+  """The adjoint of conv_transpose_ref in w: dw (K..., Ci, Co)."""
+  dy = np.asarray(dy, np.float64)
+  n = x.ndim - 2
+  dilation = dilation or (1,) * n
+  xd = padded_dilated(x, strides, padding)
+  dw = np.zeros((*kernel, x.shape[-1], dy.shape[-1]))
+  for k, sl in _tap_windows(kernel, dilation, dy.shape[1:-1]):
+    window = xd[(slice(None), *sl, slice(None))]
+    dw[k] = window.reshape(-1, window.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
+  return dw
 
 
 def to_canonical(lhs, rhs, dimension_numbers, transpose_kernel):

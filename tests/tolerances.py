@@ -30,3 +30,10 @@ def assert_close(got, want, dtype=None, *, err_msg=""):
   assert got.shape == want.shape, f"shape {got.shape} != {want.shape} {err_msg}"
   scale = float(np.sqrt(np.mean(want ** 2))) if want.size else 0.0
   np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=err_msg)
+
+
+# float32 operands on the tensor cores at precision DEFAULT (XLA's GPU default, TF32): each operand is rounded to
+# 11 significant bits (relative error <= 2^-11), each product so by <= 2^-10; a sum of products with random signs
+# keeps the error near 2^-11 of the terms' rms, so 2^-8 leaves a margin of about 8. Keyed apart from the dtype
+# table because the result is float32.
+TF32_TOLERANCE = 2.0 ** -8

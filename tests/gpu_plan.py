@@ -1,0 +1,25 @@
+"""The CUDA kernels' plans run on the CPU (jaxseg._jaxseg_cpu.gpu_plan_execute, cuda/plan_executor.cc) on NumPy
+arrays: the operands and result of one pass in the canonical layout with a leading group axis, as the CUDA
+handler receives them."""
+
+import ml_dtypes
+import numpy as np
+
+from jaxseg import _jaxseg_cpu
+
+BITS = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16",
+        np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+
+
+def execute(pass_name, a, b, result_shape, *, strides, padding, dilation=None, transpose_kernel=False,
+            result_dtype=None, precision=0, path=None, multiprocessors=132):
+  """Result (as `result_dtype`, default the operands') and the plan's description (path, grid, splits)."""
+  a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+  assert a.dtype == b.dtype
+  result_dtype = np.dtype(result_dtype or a.dtype)
+  n = len(strides)
+  raw, report = _jaxseg_cpu.gpu_plan_execute(
+      pass_name, a.tobytes(), b.tobytes(), list(a.shape), list(b.shape), list(result_shape), list(strides),
+      list(dilation or (1,) * n), [p[0] for p in padding], [p[1] for p in padding], transpose_kernel,
+      BITS[a.dtype], BITS[result_dtype], precision, path, multiprocessors)
+  return np.frombuffer(raw, result_dtype).reshape(result_shape), report
