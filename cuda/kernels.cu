@@ -1,342 +1,591 @@
-// CUDA custom calls of the three passes (XLA FFI handlers), one launch per pass covering every phase.
+// CUDA custom calls of the three passes (XLA FFI handlers): one launch per pass covers every phase (plus, for the
+// weight gradient, one launch that sums its split-K partials).
 //
-// Threads map to real result elements only: the forward kernel gives each output element to one thread, which
-// reads its phase's sub-kernel taps from the original input (no zero-inserted buffer, no extra elements for odd
-// output sizes); the input-gradient kernel gives each input element the taps that link it to an output; the
-// weight-gradient kernel gives each weight the (input, output) pairs its tap links. Consecutive threads take
-// consecutive channels, so the channel-contiguous operand is read coalesced. All index arithmetic is 64-bit.
+// What each launch computes is decided by its plan (cuda/conv_plan.h), built on the host from the shared phase
+// geometry and passed by value; the kernels below are drivers that move data and issue instructions at the
+// addresses the plan and the CTA layout (cuda/tiled_cta.h, cuda/direct_kernels.h) give. The CPU executor
+// (cuda/plan_executor.cc) drives the same functions in the same order, so the tests run this index logic on the
+// CPU over the conformance grid.
 //
-// The host side builds per-axis tap tables from the shared phase geometry (common/phase_geometry.h) and passes
-// them by value as a kernel parameter; no memory is allocated.
+//   tensor cores   forward and input_grad: TiledGatherKernel, a 128 x 128 implicit GEMM per phase (forward) or over
+//                  the input pixels (input_grad), its K running over taps x channels; weight_grad:
+//                  TiledWeightGradKernel, per tap a 128 x 128 tile of Ci x Co over a split of the tap's pixels.
+//                  mma.sync m16n8k16 for bfloat16/float16, m16n8k8 TF32 (or 3xTF32 at HIGHEST) for float32,
+//                  float32 accumulators, a 4-stage cp.async pipeline.
+//   CUDA cores     float64, channels that are not whole 16-byte vectors, very few result channels.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 
 #include "common/conv_shape.h"
-#include "common/dtype_dispatch.h"
+#include "common/dtypes.h"
 #include "common/ffi_binding.h"
-#include "common/phase_geometry.h"
+#include "cuda/conv_plan.h"
+#include "cuda/device_ops.cuh"
+#include "cuda/direct_kernels.h"
 #include "cuda/handlers.h"
+#include "cuda/tiled_cta.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
-namespace jaxseg::cuda {
+namespace jaxseg::gpu {
 namespace {
 
-constexpr int kDims = kMaxSpatialDims;  // spatial axes the tables hold
-constexpr int kTaps = kMaxKernelSize;    // kernel size per axis
-constexpr int kStride = kMaxStride;      // stride per axis
-constexpr int kThreads = 256;
+using tiled::Coord;
+using tiled::SmemTile;
 
-// The C++ type of each DType on CUDA, for the dtype dispatch (common/dtype_dispatch.h).
-struct CudaTypes {
-  using F32 = float;
-  using F64 = double;
-  using BF16 = __nv_bfloat16;
-  using F16 = __half;
-};
+// ---------------------------------------------------------------------------------------------------------------
+// Element conversions of the CUDA-core kernels (cuda/direct_kernels.h): round to nearest even on store.
 
-struct AxisTable {
-  int64_t in, out, kernel, stride;
-  int64_t phase_count[kStride];    // outputs of phase r: o = q*stride + r, q < phase_count[r]
-  int32_t phase_begin[kStride + 1];  // phase r's taps are entries [phase_begin[r], phase_begin[r+1])
-  int32_t tap_k[kTaps];            // ... their kernel indices
-  int64_t tap_offset[kTaps];       // ... and input offsets: j = q + offset
-  int32_t phase_of_k[kTaps];       // by kernel index: the phase it reaches
-  int64_t offset_of_k[kTaps];      // and its offset
-};
+struct DeviceNumeric {
+  template <typename Acc>
+  __host__ __device__ static Acc Load(const float* p) { return static_cast<Acc>(*p); }
+  template <typename Acc>
+  __host__ __device__ static Acc Load(const double* p) { return static_cast<Acc>(*p); }
+  template <typename Acc>
+  __host__ __device__ static Acc Load(const __nv_bfloat16* p) { return static_cast<Acc>(__bfloat162float(*p)); }
+  template <typename Acc>
+  __host__ __device__ static Acc Load(const __half* p) { return static_cast<Acc>(__half2float(*p)); }
 
-struct Problem {
-  int32_t dims;
-  int64_t batch, in_ch, out_ch, in_spatial, out_spatial, kernel_spatial;
-  AxisTable axes[kDims];
-};
-
-// The tables of one call, from the shared geometry; false when the layer exceeds the tables' sizes.
-bool MakeProblem(const ConvShape& shape, Problem* p) {
-  if (shape.axes.size() > static_cast<size_t>(kDims)) return false;
-  p->dims = static_cast<int32_t>(shape.axes.size());
-  p->batch = shape.batch;
-  p->in_ch = shape.in_ch;
-  p->out_ch = shape.out_ch;
-  p->in_spatial = shape.InSpatial();
-  p->out_spatial = shape.OutSpatial();
-  p->kernel_spatial = shape.KernelSpatial();
-  for (size_t a = 0; a < shape.axes.size(); ++a) {
-    const AxisGeometry& g = shape.axes[a];
-    if (g.kernel_size > kTaps || g.stride > kStride) return false;
-    AxisTable& t = p->axes[a];
-    t.in = g.in_size;
-    t.out = g.out_size;
-    t.kernel = g.kernel_size;
-    t.stride = g.stride;
-    // The geometry lists only the residues with taps (in increasing order); the tables have one entry per
-    // residue, those without taps empty.
-    int32_t n = 0;
-    size_t next = 0;
-    for (int64_t r = 0; r < g.stride; ++r) {
-      t.phase_count[r] = ResidueCount(g.out_size, g.stride, r);
-      t.phase_begin[r] = n;
-      if (next < g.phases.size() && g.phases[next].residue == r) {
-        for (const Tap& tap : g.phases[next].taps) {
-          t.tap_k[n] = static_cast<int32_t>(tap.k);
-          t.tap_offset[n] = tap.offset;
-          ++n;
-        }
-        ++next;
-      }
-    }
-    t.phase_begin[g.stride] = n;
-    for (int64_t k = 0; k < g.kernel_size; ++k) {
-      t.phase_of_k[k] = static_cast<int32_t>(g.phases[g.phase_of_tap[k]].residue);
-      t.offset_of_k[k] = g.offset_of_tap[k];
+  template <typename Acc>
+  __host__ __device__ static void Store(void* out, int64_t i, Acc v, DType type) {
+    switch (type) {
+      case DType::kF32: static_cast<float*>(out)[i] = static_cast<float>(v); break;
+      case DType::kF64: static_cast<double*>(out)[i] = static_cast<double>(v); break;
+      case DType::kBF16: static_cast<__nv_bfloat16*>(out)[i] = __float2bfloat16_rn(static_cast<float>(v)); break;
+      case DType::kF16: static_cast<__half*>(out)[i] = __float2half_rn(static_cast<float>(v)); break;
     }
   }
-  return true;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// The tensor-core kernels' arithmetic per operand type.
+
+struct Bf16Math {
+  using Element = __nv_bfloat16;
+  static constexpr int kBytes = 2;
+  static constexpr bool kTf32 = false, kSplit = false;
+  __device__ static void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { ptx::MmaBf16(d, a, b); }
+};
+struct F16Math {
+  using Element = __half;
+  static constexpr int kBytes = 2;
+  static constexpr bool kTf32 = false, kSplit = false;
+  __device__ static void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { ptx::MmaF16(d, a, b); }
+};
+// float32 at precision DEFAULT: operands rounded to TF32.
+struct Tf32Math {
+  using Element = float;
+  static constexpr int kBytes = 4;
+  static constexpr bool kTf32 = true, kSplit = false;
+  __device__ static void Mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { ptx::MmaTf32(d, a, b); }
+};
+// float32 at precision HIGHEST: x = big + small, both TF32; small*big + big*small + big*big (small*small is below
+// float32's rounding).
+struct Tf32x3Math : Tf32Math {
+  static constexpr bool kSplit = true;
+};
+
+using Accumulators = float[tiled::kMmaTilesM][tiled::kMmaTilesN][4];
+
+// x (float32 bits) = big + small, both TF32: *x becomes big.
+__device__ __forceinline__ void SplitTf32(uint32_t* x, uint32_t* small) {
+  const uint32_t big = ptx::ToTf32(*x);
+  *small = ptx::ToTf32(__float_as_uint(__uint_as_float(*x) - __uint_as_float(big)));
+  *x = big;
 }
 
-template <typename T>
-__device__ __forceinline__ float Load(const T* p) {
-  return static_cast<float>(*p);
+// The warp's mma work on one stage: two k-steps, each with all four A fragments loaded (and rounded or split
+// for TF32) first, then B one pair of n8 tiles at a time, so that few B registers are live beside the
+// accumulators.
+template <class Math, bool kAKContiguous, bool kBKContiguous>
+__device__ __forceinline__ void ComputeStage(const char* stage, const SmemTile& ta, const SmemTile& tb,
+                                             Accumulators& acc, int warp, int lane) {
+  const char* a_tile = stage;
+  const char* b_tile = stage + tiled::kTileBytes;
+  const uint32_t a_base = ptx::SharedAddress(a_tile);
+  const uint32_t b_base = ptx::SharedAddress(b_tile);
+  // 3xTF32 keeps twice the fragments live: its two k-steps are not interleaved.
+#pragma unroll (Math::kSplit ? 1 : tiled::kSubSteps)
+  for (int ks = 0; ks < tiled::kSubSteps; ++ks) {
+    uint32_t a[tiled::kMmaTilesM][4];
+    uint32_t a_small[Math::kSplit ? tiled::kMmaTilesM : 1][4];
+#pragma unroll
+    for (int mi = 0; mi < tiled::kMmaTilesM; ++mi) {
+      if constexpr (kAKContiguous) {
+        ptx::LoadMatrix(a[mi], a_base + tiled::LdsmA(ta, warp, lane, ks, mi));
+      } else if constexpr (Math::kBytes == 2) {
+        ptx::LoadMatrixTrans(a[mi], a_base + tiled::LdsmATrans(ta, warp, lane, ks, mi));
+      } else {
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          a[mi][r] = *reinterpret_cast<const uint32_t*>(a_tile + tiled::ScalarATf32(ta, warp, lane, ks, mi, r));
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        if constexpr (Math::kSplit) {
+          SplitTf32(&a[mi][r], &a_small[mi][r]);
+        } else if constexpr (Math::kTf32) {
+          a[mi][r] = ptx::ToTf32(a[mi][r]);
+        }
+      }
+    }
+#pragma unroll
+    for (int nj = 0; nj < tiled::kMmaTilesN / 2; ++nj) {
+      uint32_t b[2][2];
+      if constexpr (kBKContiguous || Math::kBytes == 2) {
+        uint32_t r[4];
+        if constexpr (kBKContiguous) {
+          ptx::LoadMatrix(r, b_base + tiled::LdsmB(tb, warp, lane, ks, nj));
+        } else {
+          ptx::LoadMatrixTrans(r, b_base + tiled::LdsmBTrans(tb, warp, lane, ks, nj));
+        }
+        b[0][0] = r[0];
+        b[0][1] = r[1];
+        b[1][0] = r[2];
+        b[1][1] = r[3];
+      } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+            b[h][r] =
+                *reinterpret_cast<const uint32_t*>(b_tile + tiled::ScalarBTf32(tb, warp, lane, ks, 2 * nj + h, r));
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        uint32_t b_small[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          if constexpr (Math::kSplit) {
+            SplitTf32(&b[h][r], &b_small[r]);
+          } else if constexpr (Math::kTf32) {
+            b[h][r] = ptx::ToTf32(b[h][r]);
+          }
+        }
+#pragma unroll
+        for (int mi = 0; mi < tiled::kMmaTilesM; ++mi) {
+          float(&d)[4] = acc[mi][2 * nj + h];
+          if constexpr (Math::kSplit) {
+            // The small cross terms first: they are added before the large term can swamp them.
+            Math::Mma(d, a_small[mi], b[h]);
+            Math::Mma(d, a[mi], b_small);
+          }
+          Math::Mma(d, a[mi], b[h]);
+        }
+      }
+    }
+  }
 }
-template <>
-__device__ __forceinline__ float Load<__nv_bfloat16>(const __nv_bfloat16* p) {
-  return __bfloat162float(*p);
+
+// forward and input_grad on tensor cores. One CTA per (group, row tile, problem, channel tile); the result is
+// written in `out_type`: the operand type, or float32.
+template <class Math, bool kBKContiguous>
+__global__ void __launch_bounds__(tiled::kThreads, 2)
+    TiledGatherKernel(const __grid_constant__ GatherPlan plan, const typename Math::Element* __restrict__ a,
+                      const typename Math::Element* __restrict__ b, void* __restrict__ out, DType out_type) {
+  extern __shared__ __align__(128) char smem[];
+  RowCoord* rows = reinterpret_cast<RowCoord*>(smem + tiled::kMainBytes);
+  const GatherTile tile = plan.TileAt(blockIdx.x);
+  if (!tile.valid) return;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  static_assert(tiled::kThreads == tiled::kTileM, "one row of the table per thread");
+  rows[tid] = tiled::GatherRow(plan, tile, tid);
+  __syncthreads();
+
+  const SmemTile ta = tiled::GatherTileA();
+  const SmemTile tb = tiled::GatherTileB(plan, Math::kBytes);
+  const int32_t steps = plan.KSteps(tile);
+  TapCursor next_load = plan.FirstStep();
+  auto load_stage = [&](int slot) {
+    char* stage = smem + slot * tiled::kStageBytes;
+    const int64_t weight_base = plan.WeightBase(tile, next_load);
+#pragma unroll
+    for (int i = 0; i < tiled::kCopiesPerThread; ++i) {
+      const tiled::ChunkCopy c = tiled::GatherCopyA(plan, tile, rows, next_load, Math::kBytes, tid, i);
+      ptx::CopyAsync16(ptx::SharedAddress(stage + c.smem), c.src >= 0 ? a + c.src : a, c.src >= 0);
+    }
+#pragma unroll
+    for (int i = 0; i < tiled::kCopiesPerThread; ++i) {
+      const tiled::ChunkCopy c = tiled::GatherCopyB(plan, tile, next_load, weight_base, Math::kBytes, tid, i);
+      ptx::CopyAsync16(ptx::SharedAddress(stage + tiled::kTileBytes + c.smem), c.src >= 0 ? b + c.src : b,
+                       c.src >= 0);
+    }
+    plan.Advance(tile, &next_load);
+  };
+
+  Accumulators acc;
+#pragma unroll
+  for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < tiled::kMmaTilesN; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
+
+  // The pipeline: stage s is in flight while stages before it are computed. Each iteration first waits for its
+  // own stage and for every warp to leave the previous one, whose slot the next load then refills.
+#pragma unroll
+  for (int s = 0; s < tiled::kStages - 1; ++s) {
+    if (s < steps) load_stage(s);
+    ptx::CopyAsyncCommit();
+  }
+  for (int32_t step = 0; step < steps; ++step) {
+    ptx::CopyAsyncWait<tiled::kStages - 2>();
+    __syncthreads();
+    const int32_t next = tiled::NextIssued(step);
+    if (next < steps) load_stage(tiled::StageSlot(next));
+    ptx::CopyAsyncCommit();
+    ComputeStage<Math, true, kBKContiguous>(smem + tiled::StageSlot(step) * tiled::kStageBytes, ta, tb, acc, warp,
+                                            lane);
+  }
+  ptx::CopyAsyncWait<0>();
+  __syncthreads();
+
+  // Epilogue: stage the tile as floats, then write whole 16-byte chunks of result rows.
+  float* staging = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < tiled::kMmaTilesN; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) staging[tiled::StagingIndex(tiled::Accumulator(warp, lane, mi, ni, r))] = acc[mi][ni][r];
+  __syncthreads();
+  if (out_type == DType::kF32) {
+    for (int i = 0; i < tiled::OutputCopies(4); ++i) {
+      const Coord s = tiled::OutputSlot(4, tid, i);
+      const int64_t dst = tiled::GatherOutputIndex(plan, tile, rows[s.row], s.col);
+      if (dst < 0) continue;
+      const float* v = staging + tiled::StagingIndex(s);
+      *reinterpret_cast<float4*>(static_cast<float*>(out) + dst) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+  } else if constexpr (Math::kBytes == 2) {
+    using Element = typename Math::Element;
+    for (int i = 0; i < tiled::OutputCopies(2); ++i) {
+      const Coord s = tiled::OutputSlot(2, tid, i);
+      const int64_t dst = tiled::GatherOutputIndex(plan, tile, rows[s.row], s.col);
+      if (dst < 0) continue;
+      const float* v = staging + tiled::StagingIndex(s);
+      uint32_t packed[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if constexpr (std::is_same_v<Element, __nv_bfloat16>) {
+          const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * e], v[2 * e + 1]);
+          packed[e] = *reinterpret_cast<const uint32_t*>(&h);
+        } else {
+          const __half2 h = __floats2half2_rn(v[2 * e], v[2 * e + 1]);
+          packed[e] = *reinterpret_cast<const uint32_t*>(&h);
+        }
+      }
+      *reinterpret_cast<uint4*>(static_cast<Element*>(out) + dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    }
+  }
 }
-template <>
-__device__ __forceinline__ float Load<__half>(const __half* p) {
-  return __half2float(*p);
+
+// weight_grad on tensor cores: one CTA per (group, tap, split, Ci tile, Co tile), its float partial tile written
+// to the split's slice of the scratch buffer.
+template <class Math>
+__global__ void __launch_bounds__(tiled::kThreads, 2)
+    TiledWeightGradKernel(const __grid_constant__ WeightGradPlan plan, const typename Math::Element* __restrict__ x,
+                          const typename Math::Element* __restrict__ dy, float* __restrict__ partials) {
+  extern __shared__ __align__(128) char smem[];
+  const WeightGradTile tile = plan.TileAt(blockIdx.x);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const SmemTile ta = tiled::WeightGradTileA(Math::kBytes);
+  const SmemTile tb = tiled::WeightGradTileB(Math::kBytes);
+  const int32_t steps = tiled::WeightGradSteps(tile, Math::kBytes);
+  PixelPair* table = reinterpret_cast<PixelPair*>(smem + tiled::kStages * tiled::kStageBytes);
+  const int table_rows = tiled::PixelTableRows(Math::kBytes);
+  auto fill_table = [&](int32_t step) {
+    if (tid < table_rows && step < steps)
+      table[tiled::PixelTableIndex(step, tid, Math::kBytes)] = tiled::PixelTableEntry(plan, tile, Math::kBytes, step, tid);
+  };
+  auto load_stage = [&](int32_t step) {
+    char* stage = smem + tiled::StageSlot(step) * tiled::kStageBytes;
+#pragma unroll
+    for (int i = 0; i < tiled::kCopiesPerThread; ++i) {
+      const PixelPair px = table[tiled::PixelTableIndex(step, tiled::WeightGradCopyRow(Math::kBytes, tid, i), Math::kBytes)];
+      const tiled::ChunkCopy ca = tiled::WeightGradCopyA(plan, tile, px, Math::kBytes, tid, i);
+      const tiled::ChunkCopy cb = tiled::WeightGradCopyB(plan, tile, px, Math::kBytes, tid, i);
+      ptx::CopyAsync16(ptx::SharedAddress(stage + ca.smem), ca.src >= 0 ? x + ca.src : x, ca.src >= 0);
+      ptx::CopyAsync16(ptx::SharedAddress(stage + tiled::kTileBytes + cb.smem), cb.src >= 0 ? dy + cb.src : dy,
+                       cb.src >= 0);
+    }
+  };
+
+  Accumulators acc;
+#pragma unroll
+  for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < tiled::kMmaTilesN; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
+
+  // As the gather's pipeline; in addition, iteration `step` fills the table slot of step + kStages (the slot of
+  // `step`, whose copies were issued kStages - 1 iterations ago), read after the next iteration's barrier.
+#pragma unroll
+  for (int s = 0; s < tiled::kStages; ++s) fill_table(s);
+  __syncthreads();
+#pragma unroll
+  for (int s = 0; s < tiled::kStages - 1; ++s) {
+    if (s < steps) load_stage(s);
+    ptx::CopyAsyncCommit();
+  }
+  for (int32_t step = 0; step < steps; ++step) {
+    ptx::CopyAsyncWait<tiled::kStages - 2>();
+    __syncthreads();
+    const int32_t next = tiled::NextIssued(step);
+    if (next < steps) load_stage(next);
+    ptx::CopyAsyncCommit();
+    fill_table(step + tiled::kStages);
+    ComputeStage<Math, false, false>(smem + tiled::StageSlot(step) * tiled::kStageBytes, ta, tb, acc, warp, lane);
+  }
+  ptx::CopyAsyncWait<0>();
+
+  __syncthreads();
+  float* staging = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < tiled::kMmaTilesN; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) staging[tiled::StagingIndex(tiled::Accumulator(warp, lane, mi, ni, r))] = acc[mi][ni][r];
+  __syncthreads();
+  for (int i = 0; i < tiled::OutputCopies(4); ++i) {
+    const Coord s = tiled::OutputSlot(4, tid, i);
+    const int64_t dst = tiled::WeightGradPartialIndex(plan, tile, s);
+    if (dst < 0) continue;
+    const float* v = staging + tiled::StagingIndex(s);
+    *reinterpret_cast<float4*>(partials + dst) = make_float4(v[0], v[1], v[2], v[3]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// CUDA-core kernels (cuda/direct_kernels.h).
+
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kDirectThreads, 4)
+    DirectOuterKernel(const __grid_constant__ GatherPlan plan, const T* __restrict__ a, const T* __restrict__ b,
+                      void* __restrict__ out, DType out_type) {
+  direct::GatherOuter<DeviceNumeric, T, Acc>(plan, blockIdx.x, threadIdx.x >> 5, threadIdx.x & 31, a, b, out,
+                                             out_type);
 }
 
 template <typename T, typename Acc>
-__device__ __forceinline__ Acc LoadAcc(const T* p) {
-  if constexpr (sizeof(Acc) == 8) {
-    return static_cast<Acc>(*p);
+__global__ void __launch_bounds__(kDirectThreads, 4)
+    DirectDotKernel(const __grid_constant__ GatherPlan plan, const T* __restrict__ a, const T* __restrict__ b,
+                    void* __restrict__ out, DType out_type) {
+  const GatherTile tile = plan.TileAt(blockIdx.x);
+  if (!tile.valid) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  Acc acc[direct::kChannels];
+  direct::GatherDotPartial<DeviceNumeric, T, Acc>(plan, tile, warp, lane, a, b, acc);
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+#pragma unroll
+    for (int j = 0; j < direct::kChannels; ++j) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], offset);
+  if (lane == 0) direct::GatherDotStore<DeviceNumeric, Acc>(plan, tile, warp, acc, out, out_type);
+}
+
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kDirectThreads, 4)
+    DirectWeightGradKernel(const __grid_constant__ WeightGradPlan plan, const T* __restrict__ x,
+                           const T* __restrict__ dy, Acc* __restrict__ partials) {
+  direct::WeightGrad<DeviceNumeric, T, Acc>(plan, static_cast<int64_t>(blockIdx.x) * kDirectThreads + threadIdx.x,
+                                            x, dy, partials);
+}
+
+constexpr int kReduceThreads = 256;
+
+template <typename Acc>
+__global__ void __launch_bounds__(kReduceThreads)
+    ReduceSplitsKernel(const __grid_constant__ WeightGradPlan plan, const Acc* __restrict__ partials,
+                       void* __restrict__ dw, DType out_type) {
+  direct::ReduceSplits<DeviceNumeric, Acc>(plan, static_cast<int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x,
+                                           partials, dw, out_type);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Launches.
+
+constexpr int64_t kMaxBlocks = (int64_t{1} << 31) - 1;
+
+// A kernel gets more than 48 KiB of dynamic shared memory only once it has asked for it.
+template <typename Kernel>
+cudaError_t AllowSharedMemory(Kernel kernel, int bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+template <class Math>
+cudaError_t LaunchTiledGather(const GatherPlan& plan, const ConvCall& call, cudaStream_t stream) {
+  using T = typename Math::Element;
+  const auto* a = static_cast<const T*>(call.first);
+  const auto* b = static_cast<const T*>(call.second);
+  auto kernel = plan.b_k_contiguous() ? TiledGatherKernel<Math, true> : TiledGatherKernel<Math, false>;
+  if (cudaError_t e = AllowSharedMemory(kernel, tiled::kGatherSmemBytes); e != cudaSuccess) return e;
+  kernel<<<static_cast<unsigned>(plan.blocks), tiled::kThreads, tiled::kGatherSmemBytes, stream>>>(plan, a, b, call.result,
+                                                                                        call.result_type);
+  return cudaGetLastError();
+}
+
+template <typename T, typename Acc>
+cudaError_t LaunchDirectGather(const GatherPlan& plan, const ConvCall& call, cudaStream_t stream) {
+  const auto* a = static_cast<const T*>(call.first);
+  const auto* b = static_cast<const T*>(call.second);
+  const unsigned blocks = static_cast<unsigned>(plan.blocks);
+  if (plan.path == Path::kDirectDot) {
+    DirectDotKernel<T, Acc><<<blocks, kDirectThreads, 0, stream>>>(plan, a, b, call.result, call.result_type);
   } else {
-    return Load<T>(p);
-  }
-}
-
-template <typename U, typename Acc>
-__device__ __forceinline__ U Store(Acc v) {
-  if constexpr (std::is_same_v<U, __nv_bfloat16>) {
-    return __float2bfloat16(static_cast<float>(v));
-  } else if constexpr (std::is_same_v<U, __half>) {
-    return __float2half(static_cast<float>(v));
-  } else {
-    return static_cast<U>(v);
-  }
-}
-
-// A grid-stride loop over result elements, in 64-bit indices.
-__device__ __forceinline__ int64_t FirstIndex() {
-  return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-}
-__device__ __forceinline__ int64_t IndexStep() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
-
-// Steps a counter c (one digit per spatial axis, the last fastest) through [begin, end) per axis; false once it
-// has passed its last value. Walks a phase's sub-kernel, all kernel taps, or a tap's input range.
-template <typename I>
-__device__ __forceinline__ bool Next(int dims, I* c, const I* begin, const I* end) {
-  int a = dims - 1;
-  while (a >= 0 && ++c[a] == end[a]) c[a] = begin[a], --a;
-  return a >= 0;
-}
-
-// y[g, n, o..., co] = sum over the taps of o's phase and ci of x[g, n, q + offset, ci] * w[g, k, ci, co].
-template <typename T, typename U, typename Acc>
-__global__ void ForwardKernel(Problem p, const T* __restrict__ x, const T* __restrict__ w, U* __restrict__ y,
-                              int64_t total) {
-  for (int64_t idx = FirstIndex(); idx < total; idx += IndexStep()) {
-    int64_t rest = idx;
-    const int64_t co = rest % p.out_ch;
-    rest /= p.out_ch;
-    int64_t q[kDims];
-    int32_t tb[kDims], te[kDims], tc[kDims];
-    bool empty = false;
-    for (int a = p.dims - 1; a >= 0; --a) {
-      const AxisTable& t = p.axes[a];
-      const int64_t o = rest % t.out;
-      rest /= t.out;
-      const int64_t r = o % t.stride;
-      q[a] = o / t.stride;
-      tb[a] = t.phase_begin[r];
-      te[a] = t.phase_begin[r + 1];
-      tc[a] = tb[a];
-      empty |= tb[a] == te[a];
-    }
-    const int64_t gn = rest, g = gn / p.batch;
-    Acc acc = 0;
-    while (!empty) {  // every combination of one tap per axis (the phase's sub-kernel)
-      int64_t j_flat = 0, k_flat = 0;
-      bool inside = true;
-      for (int a = 0; a < p.dims; ++a) {
-        const AxisTable& t = p.axes[a];
-        const int64_t j = q[a] + t.tap_offset[tc[a]];
-        inside &= j >= 0 && j < t.in;
-        j_flat = j_flat * t.in + j;
-        k_flat = k_flat * t.kernel + t.tap_k[tc[a]];
-      }
-      if (inside) {
-        const T* xp = x + (gn * p.in_spatial + j_flat) * p.in_ch;
-        const T* wp = w + (g * p.kernel_spatial + k_flat) * p.in_ch * p.out_ch + co;
-        for (int64_t ci = 0; ci < p.in_ch; ++ci) acc += LoadAcc<T, Acc>(xp + ci) * LoadAcc<T, Acc>(wp + ci * p.out_ch);
-      }
-      if (!Next(p.dims, tc, tb, te)) break;
-    }
-    y[idx] = Store<U, Acc>(acc);
-  }
-}
-
-// dx[g, n, j..., ci] = sum over every tap k linking j to an output o, and co, of dy[g, n, o, co] * w[g, k, ci, co].
-template <typename T, typename U, typename Acc>
-__global__ void InputGradKernel(Problem p, const T* __restrict__ y_grad, const T* __restrict__ w,
-                                U* __restrict__ x_grad, int64_t total) {
-  for (int64_t idx = FirstIndex(); idx < total; idx += IndexStep()) {
-    int64_t rest = idx;
-    const int64_t ci = rest % p.in_ch;
-    rest /= p.in_ch;
-    int64_t j[kDims];
-    int32_t kc[kDims], k0[kDims], kn[kDims];
-    for (int a = p.dims - 1; a >= 0; --a) {
-      j[a] = rest % p.axes[a].in;
-      rest /= p.axes[a].in;
-      kc[a] = k0[a] = 0;
-      kn[a] = static_cast<int32_t>(p.axes[a].kernel);
-    }
-    const int64_t gn = rest, g = gn / p.batch;
-    Acc acc = 0;
-    while (true) {
-      int64_t o_flat = 0, k_flat = 0;
-      bool inside = true;
-      for (int a = 0; a < p.dims; ++a) {
-        const AxisTable& t = p.axes[a];
-        const int32_t r = t.phase_of_k[kc[a]];
-        const int64_t qq = j[a] - t.offset_of_k[kc[a]];
-        inside &= qq >= 0 && qq < t.phase_count[r];
-        o_flat = o_flat * t.out + qq * t.stride + r;
-        k_flat = k_flat * t.kernel + kc[a];
-      }
-      if (inside) {
-        const T* yp = y_grad + (gn * p.out_spatial + o_flat) * p.out_ch;
-        const T* wp = w + ((g * p.kernel_spatial + k_flat) * p.in_ch + ci) * p.out_ch;
-        for (int64_t co = 0; co < p.out_ch; ++co) acc += LoadAcc<T, Acc>(yp + co) * LoadAcc<T, Acc>(wp + co);
-      }
-      if (!Next(p.dims, kc, k0, kn)) break;
-    }
-    x_grad[idx] = Store<U, Acc>(acc);
-  }
-}
-
-// dw[g, k..., ci, co] = sum over n and the inputs j that tap k links to an output o of x[.., j, ci] * dy[.., o, co].
-template <typename T, typename U, typename Acc>
-__global__ void WeightGradKernel(Problem p, const T* __restrict__ x, const T* __restrict__ y_grad,
-                                 U* __restrict__ w_grad, int64_t total) {
-  for (int64_t idx = FirstIndex(); idx < total; idx += IndexStep()) {
-    int64_t rest = idx;
-    const int64_t co = rest % p.out_ch;
-    rest /= p.out_ch;
-    const int64_t ci = rest % p.in_ch;
-    rest /= p.in_ch;
-    int64_t k[kDims], jb[kDims], je[kDims], jc[kDims];
-    bool empty = false;
-    for (int a = p.dims - 1; a >= 0; --a) {
-      const AxisTable& t = p.axes[a];
-      k[a] = rest % t.kernel;
-      rest /= t.kernel;
-      const int64_t off = t.offset_of_k[k[a]];
-      jb[a] = off > 0 ? off : 0;
-      je[a] = t.phase_count[t.phase_of_k[k[a]]] + off;
-      je[a] = je[a] < t.in ? je[a] : t.in;
-      empty |= je[a] <= jb[a];
-    }
-    const int64_t g = rest;
-    Acc acc = 0;
-    for (int64_t n = 0; n < p.batch && !empty; ++n) {
-      const int64_t gn = g * p.batch + n;
-      for (int a = 0; a < p.dims; ++a) jc[a] = jb[a];
-      while (true) {
-        int64_t j_flat = 0, o_flat = 0;
-        for (int a = 0; a < p.dims; ++a) {
-          const AxisTable& t = p.axes[a];
-          j_flat = j_flat * t.in + jc[a];
-          o_flat = o_flat * t.out + (jc[a] - t.offset_of_k[k[a]]) * t.stride + t.phase_of_k[k[a]];
-        }
-        acc += LoadAcc<T, Acc>(x + (gn * p.in_spatial + j_flat) * p.in_ch + ci) *
-               LoadAcc<T, Acc>(y_grad + (gn * p.out_spatial + o_flat) * p.out_ch + co);
-        if (!Next(p.dims, jc, jb, je)) break;
-      }
-    }
-    w_grad[idx] = Store<U, Acc>(acc);
-  }
-}
-
-template <typename T, typename U, typename Acc>
-cudaError_t Launch(Pass pass, cudaStream_t stream, const Problem& p, const void* a, const void* b, void* out,
-                   int64_t total) {
-  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20);
-  const auto* ta = static_cast<const T*>(a);
-  const auto* tb = static_cast<const T*>(b);
-  auto* to = static_cast<U*>(out);
-  switch (pass) {
-    case Pass::kForward:
-      ForwardKernel<T, U, Acc><<<blocks, kThreads, 0, stream>>>(p, ta, tb, to, total);
-      break;
-    case Pass::kInputGrad:
-      InputGradKernel<T, U, Acc><<<blocks, kThreads, 0, stream>>>(p, ta, tb, to, total);
-      break;
-    case Pass::kWeightGrad:
-      WeightGradKernel<T, U, Acc><<<blocks, kThreads, 0, stream>>>(p, ta, tb, to, total);
-      break;
+    DirectOuterKernel<T, Acc><<<blocks, kDirectThreads, 0, stream>>>(plan, a, b, call.result, call.result_type);
   }
   return cudaGetLastError();
 }
 
-ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second,
-                   ffi::Result<ffi::AnyBuffer> result, const CallAttrs& attrs) {
+template <typename Acc>
+cudaError_t LaunchReduce(const WeightGradPlan& plan, const Acc* partials, const ConvCall& call, cudaStream_t stream) {
+  const int64_t blocks = CeilDivHD(plan.partial_elements(), kReduceThreads);
+  ReduceSplitsKernel<Acc><<<static_cast<unsigned>(blocks), kReduceThreads, 0, stream>>>(plan, partials, call.result,
+                                                                                       call.result_type);
+  return cudaGetLastError();
+}
+
+template <class Math>
+cudaError_t LaunchTiledWeightGrad(const WeightGradPlan& plan, const ConvCall& call, float* partials,
+                                  cudaStream_t stream) {
+  using T = typename Math::Element;
+  auto kernel = TiledWeightGradKernel<Math>;
+  if (cudaError_t e = AllowSharedMemory(kernel, tiled::kWeightGradSmemBytes); e != cudaSuccess) return e;
+  kernel<<<static_cast<unsigned>(plan.blocks), tiled::kThreads, tiled::kWeightGradSmemBytes, stream>>>(
+      plan, static_cast<const T*>(call.first), static_cast<const T*>(call.second), partials);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  return LaunchReduce<float>(plan, partials, call, stream);
+}
+
+template <typename T, typename Acc>
+cudaError_t LaunchDirectWeightGrad(const WeightGradPlan& plan, const ConvCall& call, Acc* partials,
+                                   cudaStream_t stream) {
+  DirectWeightGradKernel<T, Acc><<<static_cast<unsigned>(plan.blocks), kDirectThreads, 0, stream>>>(
+      plan, static_cast<const T*>(call.first), static_cast<const T*>(call.second), partials);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  return LaunchReduce<Acc>(plan, partials, call, stream);
+}
+
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// The tiled path reads and writes 16-byte vectors: XLA's buffers are aligned so, but a misaligned buffer takes
+// the CUDA-core path rather than fault.
+Path PathFor(Pass pass, const ConvCall& call) {
+  const bool forward = pass == Pass::kForward;
+  const int64_t c_k = pass == Pass::kWeightGrad ? call.in_ch : forward ? call.in_ch : call.out_ch;
+  const int64_t c_n = pass == Pass::kWeightGrad ? call.out_ch : forward ? call.out_ch : call.in_ch;
+  const Path path = ChoosePath(pass, call.operand_type, c_k, c_n);
+  if (path == Path::kTiled && !(Aligned16(call.first) && Aligned16(call.second) && Aligned16(call.result)))
+    return c_n < 32 && c_k >= 32 && pass != Pass::kWeightGrad ? Path::kDirectDot : Path::kDirectOuter;
+  return path;
+}
+
+cudaError_t LaunchGather(const ConvCall& call, Precision precision, cudaStream_t stream) {
+  const GatherPlan plan = MakeGatherPlan(call, call.operand_type, PathFor(call.pass, call));
+  if (plan.blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
+  if (plan.path == Path::kTiled) {
+    switch (call.operand_type) {
+      case DType::kBF16: return LaunchTiledGather<Bf16Math>(plan, call, stream);
+      case DType::kF16: return LaunchTiledGather<F16Math>(plan, call, stream);
+      case DType::kF32:
+        return precision == Precision::kHighest ? LaunchTiledGather<Tf32x3Math>(plan, call, stream)
+                                                : LaunchTiledGather<Tf32Math>(plan, call, stream);
+      case DType::kF64: break;
+    }
+    return cudaErrorInvalidValue;
+  }
+  switch (call.operand_type) {
+    case DType::kF32: return LaunchDirectGather<float, float>(plan, call, stream);
+    case DType::kF64: return LaunchDirectGather<double, double>(plan, call, stream);
+    case DType::kBF16: return LaunchDirectGather<__nv_bfloat16, float>(plan, call, stream);
+    case DType::kF16: return LaunchDirectGather<__half, float>(plan, call, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+ffi::Error LaunchWeightGrad(const ConvCall& call, Precision precision, const DeviceInfo& device,
+                            ffi::ScratchAllocator& scratch, cudaStream_t stream, cudaError_t* status) {
+  const WeightGradPlan plan = MakeWeightGradPlan(call, call.operand_type, PathFor(Pass::kWeightGrad, call), device);
+  if (plan.blocks > kMaxBlocks) return ffi::Error::InvalidArgument("jaxseg (CUDA): weight gradient too large");
+  const std::optional<void*> partials = scratch.Allocate(static_cast<size_t>(PartialBytes(plan, call.operand_type)), 16);
+  if (!partials.has_value())
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxseg (CUDA): no scratch memory for the weight gradient");
+  float* f = static_cast<float*>(*partials);
+  if (plan.path == Path::kTiled) {
+    switch (call.operand_type) {
+      case DType::kBF16: *status = LaunchTiledWeightGrad<Bf16Math>(plan, call, f, stream); break;
+      case DType::kF16: *status = LaunchTiledWeightGrad<F16Math>(plan, call, f, stream); break;
+      case DType::kF32:
+        *status = precision == Precision::kHighest ? LaunchTiledWeightGrad<Tf32x3Math>(plan, call, f, stream)
+                                                   : LaunchTiledWeightGrad<Tf32Math>(plan, call, f, stream);
+        break;
+      case DType::kF64: *status = cudaErrorInvalidValue; break;
+    }
+    return ffi::Error::Success();
+  }
+  switch (call.operand_type) {
+    case DType::kF32: *status = LaunchDirectWeightGrad<float, float>(plan, call, f, stream); break;
+    case DType::kF64:
+      *status = LaunchDirectWeightGrad<double, double>(plan, call, static_cast<double*>(*partials), stream);
+      break;
+    case DType::kBF16: *status = LaunchDirectWeightGrad<__nv_bfloat16, float>(plan, call, f, stream); break;
+    case DType::kF16: *status = LaunchDirectWeightGrad<__half, float>(plan, call, f, stream); break;
+  }
+  return ffi::Error::Success();
+}
+
+DeviceInfo QueryDevice() {
+  DeviceInfo info;
+  int device = 0, count = 0;
+  if (cudaGetDevice(&device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) == cudaSuccess && count > 0)
+    info.multiprocessors = count;
+  return info;
+}
+
+ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::ScratchAllocator& scratch, ffi::AnyBuffer first,
+                   ffi::AnyBuffer second, ffi::Result<ffi::AnyBuffer> result, const CallAttrs& attrs) {
   ConvCall call;
   if (ffi::Error err = DecodeCall(pass, first, second, *result, attrs, &call); err.failure()) return err;
-  // The CUDA kernels read the canonical layout only: for transpose_kernel, Python copies the kernel into it.
-  if (call.transpose_kernel)
-    return ffi::Error::InvalidArgument("jaxseg (CUDA): the kernels take the canonical kernel layout only");
-  Problem p;
-  if (!MakeProblem(call, &p))
-    return ffi::Error::InvalidArgument("jaxseg (CUDA): at most " + std::to_string(kDims) +
-                                       " spatial axes, kernel size <= " + std::to_string(kTaps) +
-                                       " and stride <= " + std::to_string(kStride));
-  const int64_t total = static_cast<int64_t>(result->element_count());
-  if (total == 0) return ffi::Error::Success();
+  if (result->element_count() == 0) return ffi::Error::Success();
+  if (const std::string why = CanImplement(call); !why.empty())
+    return ffi::Error::InvalidArgument("jaxseg (CUDA): " + why + " (the Python lowering sends such layers to XLA)");
+  const Precision precision = attrs.precision == static_cast<int64_t>(Precision::kHighest) ? Precision::kHighest
+                                                                                            : Precision::kDefault;
   cudaError_t status = cudaSuccess;
-  const bool launched = DispatchDTypes<CudaTypes>(call.operand_type, call.result_type, [&](auto types) {
-    using D = decltype(types);
-    status = Launch<typename D::Operand, typename D::Result, typename D::Accumulate>(pass, stream, p, call.first,
-                                                                                      call.second, call.result, total);
-  });
-  if (!launched) return ffi::Error::Internal("jaxseg (CUDA): no kernel for this dtype pair");
+  if (pass == Pass::kWeightGrad) {
+    if (ffi::Error err = LaunchWeightGrad(call, precision, QueryDevice(), scratch, stream, &status); err.failure())
+      return err;
+  } else {
+    status = LaunchGather(call, precision, stream);
+  }
   if (status != cudaSuccess)
     return ffi::Error::Internal(std::string("jaxseg: CUDA launch failed: ") + cudaGetErrorString(status));
   return ffi::Error::Success();
 }
 
 template <Pass kPass>
-ffi::Error Handle(cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::Result<ffi::AnyBuffer> result,
-                  CallAttrs attrs) {
-  return Execute(kPass, stream, first, second, result, attrs);
+ffi::Error Handle(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer first, ffi::AnyBuffer second,
+                  ffi::Result<ffi::AnyBuffer> result, CallAttrs attrs) {
+  return Execute(kPass, stream, scratch, first, second, result, attrs);
 }
 
-auto Binding() { return BindConvTranspose<ffi::PlatformStream<cudaStream_t>>(); }
+auto Binding() {
+  return BindCallOperands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>());
+}
 
 }  // namespace
-}  // namespace jaxseg::cuda
+}  // namespace jaxseg::gpu
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaForward, jaxseg::cuda::Handle<jaxseg::Pass::kForward>,
-                              jaxseg::cuda::Binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaInputGrad, jaxseg::cuda::Handle<jaxseg::Pass::kInputGrad>,
-                              jaxseg::cuda::Binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaWeightGrad, jaxseg::cuda::Handle<jaxseg::Pass::kWeightGrad>,
-                              jaxseg::cuda::Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaForward, jaxseg::gpu::Handle<jaxseg::Pass::kForward>, jaxseg::gpu::Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaInputGrad, jaxseg::gpu::Handle<jaxseg::Pass::kInputGrad>,
+                              jaxseg::gpu::Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaWeightGrad, jaxseg::gpu::Handle<jaxseg::Pass::kWeightGrad>,
+                              jaxseg::gpu::Binding());

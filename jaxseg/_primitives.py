@@ -13,7 +13,6 @@ that description:
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 
 import jax
@@ -160,11 +159,19 @@ def _lowering_for_export(ctx) -> bool:
   return bool(getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False))
 
 
-def _within_cuda_limits(geometry: Geometry) -> bool:
-  """The CUDA kernels' tap tables hold at most 3 spatial axes, kernel size and stride 32 per axis."""
-  cuda = _ext.cuda
-  return (geometry.ndim <= cuda.max_spatial_dims and max(geometry.strides) <= cuda.max_stride and
-          max(geometry.kernel_spatial) <= cuda.max_kernel_size)
+def _cuda_can_implement(p: Pass, geometry: Geometry, shapes) -> bool:
+  """Whether the CUDA kernels take this call (the same check their handlers make, cuda/conv_plan.h
+  CanImplement): at most 3 spatial axes, kernel size and stride at most 32, 32-bit row counts. Symbolic shapes
+  are checked on their static parts; the rest the handler checks when it runs."""
+  limits = _ext.cuda
+  if any(not isinstance(d, (int, np.integer)) for shape in shapes for d in shape):
+    return (geometry.ndim <= limits.max_spatial_dims and max(geometry.strides) <= limits.max_stride and
+            max(geometry.kernel_spatial) <= limits.max_kernel_size)
+  attrs = geometry.ffi_attributes()
+  why = limits.can_implement(p.name, *(list(map(int, shape)) for shape in shapes), list(attrs["strides"]),
+                             list(attrs["dilation"]), list(attrs["padding_lo"]), list(attrs["padding_hi"]),
+                             geometry.transpose_kernel)
+  return not why
 
 
 def canonical_kernel(w, transpose_kernel):
@@ -175,30 +182,15 @@ def canonical_kernel(w, transpose_kernel):
   return jnp.flip(jnp.swapaxes(w, -1, -2), axis=tuple(range(1, w.ndim - 2)))
 
 
-def canonical_call(p: Pass, a, b, *, geometry, **params):
-  """Pass `p` with a flipped kernel computed on the canonical layout: the kernel operand copied into it, or a
-  kernel result copied out of it."""
-  canonical = dataclasses.replace(geometry, transpose_kernel=False)
-  bind = partial(PRIMITIVES[p].bind, geometry=canonical, **params)
-  if p.result_role == KERNEL:
-    return canonical_kernel(bind(a, b), geometry.transpose_kernel)
-  k = p.roles.index(KERNEL)
-  operands = [a, b]
-  operands[k] = canonical_kernel(operands[k], geometry.transpose_kernel)
-  return bind(*operands)
-
-
 def _kernel_lowering(p: Pass, platform: str):
   direct = jax.ffi.ffi_lowering(p.target)
   fallback = mlir.lower_fun(partial(_lax_impl, p), multiple_results=False)
 
   def rule(ctx, a, b, *, geometry, out_dtype, precision):
     params = dict(geometry=geometry, out_dtype=out_dtype, precision=precision)
-    if platform == "cuda" and not _within_cuda_limits(geometry):
+    shapes = [v.shape for v in ctx.avals_in] + [ctx.avals_out[0].shape]
+    if platform == "cuda" and not _cuda_can_implement(p, geometry, shapes):
       return fallback(ctx, a, b, **params)
-    if platform == "cuda" and geometry.transpose_kernel:
-      # The CUDA kernels read the canonical layout only.
-      return mlir.lower_fun(partial(canonical_call, p, **params), multiple_results=False)(ctx, a, b)
     # Resolved here, where jax's default_matmul_precision is in effect, as lax resolves it.
     mode = precision_attribute(precision)
     if not _spans_devices(ctx):

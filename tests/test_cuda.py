@@ -50,7 +50,7 @@ def test_gpu_hlo_uses_our_kernels_within_limits(platform):
   w = jnp.ones((4, 4, 16, 8))
   f = lambda x, w: jnp.sum(jaxseg.conv_transpose(x, w, (2, 2), "SAME") ** 2)
   assert _targets(jax.grad(f, (0, 1)), x, w) == {p.target for p in PASSES}
-  # Beyond the tap tables (kernel 33) the GPU lowering is XLA's convolution, with the same values.
+  # Beyond the plans' tables (kernel 33) the GPU lowering is XLA's convolution.
   big = jnp.ones((33, 16, 8))
   g = lambda x, w: jaxseg.conv_transpose(x, w, (2,), "SAME")
   assert _targets(g, jnp.ones((2, 9, 16)), big) == set()
@@ -61,12 +61,22 @@ def test_gpu_hlo_uses_our_kernels_within_limits(platform):
 def test_memcheck_small_case(platform):
   if platform != "gpu":
     pytest.skip("GPU variant only")
+  # Every path of every pass: tensor cores (bfloat16, TF32, 3xTF32), the CUDA-core paths (unaligned channels,
+  # one output channel), both kernel orientations.
   code = textwrap.dedent("""
       import jax, jax.numpy as jnp, numpy as np, jaxseg
-      x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 7, 3)), jnp.float32)
-      w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 4, 3, 5)), jnp.float32)
-      f = lambda x, w: jnp.sum(jaxseg.conv_transpose(x, w, (2, 3), [(1, 2), (-1, 1)]) ** 2)
-      jax.block_until_ready(jax.jit(jax.grad(f, (0, 1)))(x, w))
+      rng = np.random.default_rng(0)
+      cases = [((2, 5, 7, 16), (4, 4, 16, 24), jnp.bfloat16, None, False),
+               ((2, 5, 7, 16), (4, 4, 24, 16), jnp.float32, None, True),
+               ((2, 5, 7, 16), (4, 4, 16, 24), jnp.float32, "highest", False),
+               ((2, 5, 7, 3), (3, 4, 3, 5), jnp.float32, None, False),
+               ((2, 6, 5, 64), (4, 4, 1, 64), jnp.bfloat16, None, True)]
+      for xs, ws, dtype, precision, flipped in cases:
+        x = jnp.asarray(rng.standard_normal(xs), dtype)
+        w = jnp.asarray(rng.standard_normal(ws), dtype)
+        f = lambda x, w: jnp.sum(jaxseg.conv_transpose(x, w, (2, 3), [(1, 2), (-1, 1)], transpose_kernel=flipped,
+                                                       precision=precision).astype(jnp.float32) ** 2)
+        jax.block_until_ready(jax.jit(jax.grad(f, (0, 1)))(x, w))
       print("done")
   """)
   out = subprocess.run(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "3", sys.executable, "-c",

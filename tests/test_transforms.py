@@ -160,18 +160,3 @@ def test_pytorch_oriented_kernel_is_not_copied(rng):
   for fn in (fwd, jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1))):
     hlo = _hlo(fn, x, w)
     assert _targets(hlo) and not _layout_ops(hlo), hlo
-
-
-def test_canonical_call_matches_flipped_kernel(rng):
-  """The path the CUDA lowering takes for a flipped kernel (copy to the canonical layout) gives what the CPU
-  kernels give reading it in place."""
-  from jaxseg import _passes, _primitives
-  x, w = _inputs(rng, (1, 2, 5, 6, 3), (1, 4, 3, 2, 3), jnp.float32)  # w flipped: (G, K.., Co, Ci)
-  geometry = _passes.Geometry((2, 3), (1, 2), ((1, 2), (0, 1)), (5, 6), (4, 3), transpose_kernel=True)
-  params = dict(geometry=geometry, out_dtype=np.dtype(np.float32), precision=None)
-  y = _primitives.apply(_passes.FORWARD, x, w, **params)
-  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  for p, a, b in [(_passes.FORWARD, x, w), (_passes.INPUT_GRAD, dy, w), (_passes.WEIGHT_GRAD, x, dy)]:
-    want = _primitives.apply(p, a, b, **params)
-    got = _primitives.canonical_call(p, a, b, **params)
-    assert_close(got, want, err_msg=p.name)

@@ -1,0 +1,142 @@
+"""Compile gates of the CUDA kernels, checked without a GPU: the module holds sm_80 and sm_90 machine code (and
+PTX); ptxas reports no spills, no stack frames and no warnings; the machine code of the tensor-core kernels holds
+the tensor-core and asynchronous-copy instructions and no local-memory traffic.
+
+The disassembler comes from the PyPI wheels nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (the test extra); the
+ptxas report from recompiling cuda/kernels.cu with the nvcc on PATH. Each test is skipped, saying why, where its
+tool or the CUDA module is missing."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import jax
+import pytest
+
+from jaxseg import _ext
+
+pytestmark = pytest.mark.cpu_only
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHS = ("sm_80", "sm_90")
+# The kernels and the instructions their machine code must hold on every architecture.
+TENSOR_CORE_KERNELS = {
+    ("TiledGatherKernel", "Bf16Math"): "HMMA.16816.F32.BF16",
+    ("TiledWeightGradKernel", "Bf16Math"): "HMMA.16816.F32.BF16",
+    ("TiledGatherKernel", "F16Math"): "HMMA.16816.F32",
+    ("TiledWeightGradKernel", "F16Math"): "HMMA.16816.F32",
+    ("TiledGatherKernel", "Tf32Math"): "HMMA.1688.F32.TF32",
+    ("TiledWeightGradKernel", "Tf32Math"): "HMMA.1688.F32.TF32",
+    ("TiledGatherKernel", "Tf32x3Math"): "HMMA.1688.F32.TF32",
+    ("TiledWeightGradKernel", "Tf32x3Math"): "HMMA.1688.F32.TF32",
+}
+
+
+def _tool(name):
+  """A CUDA binary tool from PATH or from the nvidia-cuda-* wheels (nvidia/cu13/bin in site-packages)."""
+  found = shutil.which(name)
+  if found:
+    return found
+  for key in ("purelib", "platlib"):
+    path = Path(sysconfig.get_paths()[key]) / "nvidia" / "cu13" / "bin" / name
+    if path.exists():
+      return str(path)
+  return None
+
+
+def _module_path():
+  if _ext.cuda is None:
+    pytest.skip("jaxseg was built without its CUDA module (no nvcc at build time)")
+  return _ext.cuda.__file__
+
+
+def _cuobjdump(*args):
+  cuobjdump, nvdisasm = _tool("cuobjdump"), _tool("nvdisasm")
+  if cuobjdump is None or nvdisasm is None:
+    pytest.skip("cuobjdump/nvdisasm not found: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
+  env = dict(os.environ, PATH=os.path.dirname(nvdisasm) + os.pathsep + os.environ.get("PATH", ""))
+  out = subprocess.run([cuobjdump, *args, _module_path()], capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr
+  return out.stdout
+
+
+def _by_arch_and_function(text):
+  """{(arch, mangled function): its lines} of a cuobjdump listing."""
+  blocks, arch, function = {}, None, None
+  for line in text.splitlines():
+    if m := re.match(r"\s*arch = (sm_\d+a?)", line):
+      arch, function = m.group(1), None
+    elif m := re.match(r"\s*(?:Function :|Function) ?(\S+?):?$", line.strip()):
+      function = m.group(1)
+      blocks[(arch, function)] = []
+    elif function is not None:
+      blocks[(arch, function)].append(line)
+  return blocks
+
+
+def test_module_holds_sm80_sm90_code_and_ptx():
+  elf = _cuobjdump("--list-elf")
+  for arch in ARCHS:
+    assert f".{arch}.cubin" in elf, elf
+  assert "sm_90.ptx" in _cuobjdump("--list-ptx")
+
+
+def test_no_stack_or_local_memory():
+  """Spilled registers and run-time-indexed arrays live in local memory: every kernel must use none."""
+  usage = _by_arch_and_function(_cuobjdump("--dump-resource-usage"))
+  assert {arch for arch, _ in usage} == set(ARCHS)
+  for (arch, function), lines in usage.items():
+    text = " ".join(lines)
+    regs = int(re.search(r"REG:(\d+)", text).group(1))
+    assert "STACK:0 " in text and "LOCAL:0 " in text, (arch, function, text)
+    assert regs <= 255, (arch, function, regs)
+
+
+def test_tensor_core_kernels_use_mma_and_async_copies():
+  sass = _by_arch_and_function(_cuobjdump("--dump-sass"))
+  for arch in ARCHS:
+    functions = [f for a, f in sass if a == arch]
+    for (kernel, math), mma in TENSOR_CORE_KERNELS.items():
+      matching = [f for f in functions if kernel in f and math in f]
+      assert matching, (arch, kernel, math)
+      for f in matching:
+        code = "\n".join(sass[(arch, f)])
+        assert re.search(rf"\b{re.escape(mma)}\b", code), (arch, f, mma)
+        assert "LDGSTS" in code, (arch, f)  # cp.async
+        if "Bf16" in math or "F16" in math:
+          assert "LDSM" in code, (arch, f)  # ldmatrix
+    for f in functions:
+      code = "\n".join(sass[(arch, f)])
+      assert not re.search(r"\b(LDL|STL)\b", code), (arch, f)
+
+
+@pytest.fixture(scope="module")
+def ptxas_report(tmp_path_factory):
+  nvcc = shutil.which("nvcc")
+  if nvcc is None:
+    pytest.skip("no nvcc on PATH")
+  include = jax.ffi.include_dir()
+  out_dir = tmp_path_factory.mktemp("ptxas")
+  cmd = [nvcc, "-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", f"-I{ROOT}", "-isystem", include,
+         "-Xptxas", "-v,-warn-spills,-warn-lmem-usage", "-c", "-o", str(out_dir / "kernels.o"),
+         str(ROOT / "cuda" / "kernels.cu")]
+  for arch in ARCHS:
+    cmd += ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+  assert out.returncode == 0, out.stderr[-5000:]
+  return out.stdout + out.stderr
+
+
+def test_ptxas_reports_no_spills_stack_or_warnings(ptxas_report):
+  assert "warning" not in ptxas_report.lower(), [l for l in ptxas_report.splitlines() if "warning" in l.lower()]
+  frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_report)
+  kernels = re.findall(r"Compiling entry function '(\S+)' for '(sm_\d+)'", ptxas_report)
+  assert len(frames) == len(kernels) and {arch for _, arch in kernels} == set(ARCHS)
+  for (kernel, arch), frame in zip(kernels, frames):
+    assert frame == ("0", "0", "0"), (kernel, arch, frame)
+  for kernel, math in TENSOR_CORE_KERNELS:
+    assert any(kernel in k and math in k for k, _ in kernels), (kernel, math)
