@@ -167,10 +167,9 @@ def _cuda_can_implement(p: Pass, geometry: Geometry, shapes) -> bool:
   if any(not isinstance(d, (int, np.integer)) for shape in shapes for d in shape):
     return (geometry.ndim <= limits.max_spatial_dims and max(geometry.strides) <= limits.max_stride and
             max(geometry.kernel_spatial) <= limits.max_kernel_size)
-  attrs = geometry.ffi_attributes()
-  why = limits.can_implement(p.name, *(list(map(int, shape)) for shape in shapes), list(attrs["strides"]),
-                             list(attrs["dilation"]), list(attrs["padding_lo"]), list(attrs["padding_hi"]),
-                             geometry.transpose_kernel)
+  why = limits.can_implement(p.name, *(list(map(int, shape)) for shape in shapes), list(geometry.strides),
+                             list(geometry.dilation), [lo for lo, _ in geometry.padding],
+                             [hi for _, hi in geometry.padding], geometry.transpose_kernel)
   return not why
 
 
