@@ -6,14 +6,15 @@ then the grouped `lax.conv_general_dilated`, as `lax.conv_transpose` has no grou
 each implementation jitted and warmed up, as the median of repeated calls taken in interleaved rounds (so the
 machine's drifts reach every implementation alike), all in one process, and prints ms, useful GFLOP/s, the
 speed-up of jaxseg over each peer, the fraction of the machine's sgemm rate (measured in the same run) and the
-compiled temp memory of jaxseg and XLA.
+compiled temp memory of jaxseg and XLA. On a GPU each timed slice is a run of back-to-back calls with one wait at
+its end, so that a call's time is the device's rather than the host's round trip.
 
 JSON schema (`--json FILE`)::
 
   {"schema": "jaxseg-bench/1",
    "machine": {"platform", "device", "cpu", "cores", "isa"}, "versions": {"jax", "jaxlib", "jaxseg", "torch"},
-   "config": {"dtype", "device", "repeats", "transpose_kernel", "layers_file"},
-   "matmul_gflops": float,                     # measured sgemm (or bf16 gemm) rate, same run
+   "config": {"dtype", "device", "repeats", "transpose_kernel", "layers_file", "timing"},
+   "matmul_gflops": float,                     # measured sgemm (or bf16 gemm) rate, same run (8192^3 on GPU)
    "rows": [{"layer", "pass", "gflop",
              "ms": {"jaxseg", "xla", "naive", "torch"},     # medians; null where not run
              "gflops": float,                                 # jaxseg's useful GFLOP/s
@@ -159,10 +160,37 @@ def _time(fns, rounds, budget_s, slice_s=0.02, gap_s=0.005, clock=time.perf_coun
   return {name: statistics.median(v) for name, v in times.items()}
 
 
-def matmul_gflops(dtype, device, size=2048, repeats=10):
+def _batched(call, sync, calls):
+  """`calls` back-to-back calls of `call`, then one wait for the last result. On a GPU the calls queue behind
+  each other, so the time per call is the device's, not the host's round trip for each (tens of microseconds,
+  as long as a small layer's kernel). On the CPU, calls=1."""
+  def fn():
+    out = None
+    for _ in range(calls):
+      out = call()
+    sync(out)
+  return fn
+
+
+def _calls_per_wait(call, sync, gpu, target_s=2e-3):
+  """How many calls `_batched` makes per wait: enough for about `target_s` on a GPU, 1 on the CPU."""
+  if not gpu:
+    return 1
+  sync(call())
+  t0 = time.perf_counter()
+  sync(call())
+  return max(1, min(200, int(target_s / max(time.perf_counter() - t0, 1e-6))))
+
+
+def matmul_gflops(dtype, device, size=None, repeats=10):
+  """The machine's matrix rate in `dtype`, measured here: 2048^3 on the CPU, 8192^3 on a GPU (batched calls)."""
+  gpu = device.platform == "gpu"
+  size = size or (8192 if gpu else 2048)
   a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype), device)
   f = jax.jit(lambda a, b: a @ b)
-  t = _time({"matmul": lambda: f(a, a).block_until_ready()}, repeats, 2.0)["matmul"]
+  call = lambda: f(a, a)
+  calls = _calls_per_wait(call, jax.block_until_ready, gpu)
+  t = _time({"matmul": _batched(call, jax.block_until_ready, calls)}, repeats, 2.0)["matmul"] / calls
   return 2 * size**3 / t / 1e9
 
 
@@ -178,12 +206,10 @@ def _torch_fns(layer, dtype, device, torch):
   m = cls(layer["c_in"], layer["c_out"], layer["kernel"], layer["stride"], layer["padding"],
           layer["output_padding"], groups=layer["groups"], bias=False).to(device=tdev, dtype=tdtype)
   x = torch.randn(layer["N"], layer["c_in"], *layer["in"], device=tdev, dtype=tdtype)
-  sync = torch.cuda.synchronize if tdev == "cuda" else (lambda: None)
 
   def fwd():
     with torch.no_grad():
-      m(x)
-    sync()
+      return m(x)
 
   xg = x.clone().requires_grad_(True)
   m.weight.requires_grad_(False)
@@ -191,28 +217,31 @@ def _torch_fns(layer, dtype, device, torch):
   ct = torch.randn_like(y_dx)
 
   def dx():
-    torch.autograd.grad(y_dx, xg, ct, retain_graph=True)
-    sync()
+    return torch.autograd.grad(y_dx, xg, ct, retain_graph=True)
 
   m2 = cls(layer["c_in"], layer["c_out"], layer["kernel"], layer["stride"], layer["padding"],
            layer["output_padding"], groups=layer["groups"], bias=False).to(device=tdev, dtype=tdtype)
   y_dw = m2(x)
 
   def dw():
-    torch.autograd.grad(y_dw, m2.weight, ct, retain_graph=True)
-    sync()
+    return torch.autograd.grad(y_dw, m2.weight, ct, retain_graph=True)
 
-  return {"fwd": fwd, "dx": dx, "dw": dw}
+  # Each call returns at once on a GPU: the wait for it is separate (see _batched).
+  sync = (lambda out: torch.cuda.synchronize()) if tdev == "cuda" else (lambda out: None)
+  return {"fwd": fwd, "dx": dx, "dw": dw}, sync
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run(args):
+def run(args, on_row=None):
+  """The benchmark's result (the JSON schema above); `on_row(result)` is called with the rows so far after each
+  row, so that a run cut short still leaves its rows."""
   try:
     device = jax.devices(args.device)[0]
   except RuntimeError as e:
     raise SystemExit(f"--device {args.device}: no such JAX device here ({e})") from None
+  gpu = device.platform == "gpu"
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
   torch = None
   if "torch" in args.impls:
@@ -233,6 +262,18 @@ def run(args):
   gemm = matmul_gflops(dtype, device)
   rng = np.random.default_rng(0)
   rows = []
+  result = {
+      "schema": "jaxseg-bench/1",
+      "machine": {"platform": device.platform, "device": device.device_kind, "cpu": _cpu_name(),
+                  "cores": os.cpu_count(), "isa": jaxseg._ext.cpu.selected_isa()},
+      "versions": {"jax": jax.__version__, "jaxlib": _jaxlib_version(),
+                   "jaxseg": jaxseg.__version__, "torch": getattr(torch, "__version__", None)},
+      "config": {"dtype": args.dtype, "device": args.device, "repeats": args.repeats,
+                 "transpose_kernel": args.transpose_kernel, "layers_file": args.layers or "builtin",
+                 "timing": "back-to-back calls per wait" if gpu else "one call per wait"},
+      "matmul_gflops": gemm,
+      "rows": rows,
+  }
   for layer in layers:
     n = len(layer["kernel"])
     x = jax.device_put(jnp.asarray(rng.standard_normal((layer["N"], *layer["in"], layer["c_in"])), dtype), device)
@@ -241,9 +282,9 @@ def run(args):
     fns = _jax_fns(layer, args.transpose_kernel)
     y_shape = jax.eval_shape(fns["jaxseg"], x, w).shape
     ct = jax.device_put(jnp.asarray(rng.standard_normal(y_shape), dtype), device)
-    tfns = _torch_fns(layer, args.dtype, args.device, torch) if torch is not None and n <= 3 else None
+    tfns, tsync = _torch_fns(layer, args.dtype, args.device, torch) if torch is not None and n <= 3 else (None, None)
     for which in passes:
-      temp, xla_ops, timed = {}, None, {}
+      temp, xla_ops, calls_of = {}, None, {}
       for impl in ("jaxseg", "xla", "naive"):
         if impl not in args.impls:
           continue
@@ -253,11 +294,13 @@ def run(args):
         if impl == "xla":  # what XLA made of it: its convolution, or on GPU which cuDNN call
           xla_ops = sorted(set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())) or
                            ({"convolution"} if re.search(r"\bconvolution\(", compiled.as_text()) else set()))
-        timed[impl] = lambda compiled=compiled: jax.block_until_ready(compiled(x, w, ct))
+        calls_of[impl] = (lambda compiled=compiled: compiled(x, w, ct)), jax.block_until_ready
       if tfns:
-        timed["torch"] = tfns[which]
+        calls_of["torch"] = tfns[which], tsync
+      per_wait = {impl: _calls_per_wait(call, sync, gpu) for impl, (call, sync) in calls_of.items()}
+      timed = {impl: _batched(call, sync, per_wait[impl]) for impl, (call, sync) in calls_of.items()}
       medians = _time(timed, args.repeats, args.budget)
-      ms = {impl: (1e3 * medians[impl] if impl in medians else None) for impl in IMPLS}
+      ms = {impl: (1e3 * medians[impl] / per_wait[impl] if impl in medians else None) for impl in IMPLS}
       gflop = layer_gflop(layer)
       gflops = gflop / (ms["jaxseg"] / 1e3) if ms.get("jaxseg") else None
       speed = {f"speedup_vs_{p}": (ms[p] / ms["jaxseg"] if ms.get(p) and ms.get("jaxseg") else None)
@@ -268,19 +311,10 @@ def run(args):
              "speedup_vs_best_peer": (min(best) / ms["jaxseg"]) if best and ms.get("jaxseg") else None,
              "temp_bytes": {"jaxseg": temp.get("jaxseg"), "xla": temp.get("xla")}, "xla_ops": xla_ops}
       rows.append(row)
+      if on_row is not None:
+        on_row(result)
       progress(f"{layer['name']} {which}")
   progress(None)
-  result = {
-      "schema": "jaxseg-bench/1",
-      "machine": {"platform": device.platform, "device": device.device_kind, "cpu": _cpu_name(),
-                  "cores": os.cpu_count(), "isa": jaxseg._ext.cpu.selected_isa()},
-      "versions": {"jax": jax.__version__, "jaxlib": _jaxlib_version(),
-                   "jaxseg": jaxseg.__version__, "torch": getattr(torch, "__version__", None)},
-      "config": {"dtype": args.dtype, "device": args.device, "repeats": args.repeats,
-                 "transpose_kernel": args.transpose_kernel, "layers_file": args.layers or "builtin"},
-      "matmul_gflops": gemm,
-      "rows": rows,
-  }
   return result
 
 
@@ -411,12 +445,15 @@ def main(argv=None):
     p.error(f"unknown implementation {sorted(bad)}")
   if args.repeats < 3:
     p.error("--repeats must be >= 3")
-  result = run(args)
-  print_table(result)
-  if args.json:
+  def write(result):
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)
+
+  result = run(args, on_row=write if args.json else None)
+  print_table(result)
+  if args.json:
+    write(result)
   if args.plot:
     plot(result, args.plot)
 
