@@ -225,7 +225,9 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
     dimension_numbers: as in `lax.conv_general_dilated`; defaults to NHC/HIO, NHWC/HWIO and NHWDC/HWDIO.
     transpose_kernel: if True, flip the kernel's spatial axes and swap its input/output feature axes (the
       gradient-of-convolution / Keras / PyTorch convention).
-    precision: as in `lax.conv_general_dilated`. The CPU kernels always compute exactly in the accumulation type.
+    precision: as in `lax.conv_general_dilated` (None reads jax's `default_matmul_precision`). The CPU kernels
+      always compute exactly in the accumulation type; on GPU, float32 operands are rounded to TF32 at
+      None/DEFAULT/HIGH, as XLA's own GPU convolutions are, and keep float32 accuracy at HIGHEST.
     preferred_element_type: None, or a floating dtype not narrower than the operands: the result dtype. 16-bit
       operands accumulate in float32 either way.
     use_consistent_padding: see `padding`.
