@@ -418,13 +418,15 @@ struct DeviceInfo {
   int32_t multiprocessors = 132;
 };
 
-// The tile shapes of each path (the device code instantiates exactly these).
-struct TileShape {
-  int32_t m, n, k;
-};
-// Tensor-core tiles: 128 x 128, 64 bytes of K per stage (32 16-bit elements, 16 float32 ones).
-constexpr TileShape TiledShape(DType t) {
-  return TileShape{128, 128, t == DType::kF32 ? 16 : 32};
+// Tensor-core tiles (cuda/tiled_cta.h; the device code instantiates exactly these): 128 rows, 128 or 64 result
+// columns, 64 bytes of K per stage (32 16-bit elements, 16 float32 ones).
+constexpr int kTiledRows = 128;
+constexpr int TiledKBlock(DType t) { return t == DType::kF32 ? 16 : 32; }
+
+// The narrow tile where 64 columns hold every result channel, or where wide tiles would leave multiprocessors
+// without a CTA.
+constexpr int32_t TiledColumns(int64_t result_channels, int64_t wide_blocks, const DeviceInfo& device) {
+  return result_channels <= 64 || wide_blocks < device.multiprocessors ? 64 : 128;
 }
 // CUDA-core paths: a CTA of 4 warps, each a result row; lanes over 4-channel groups (outer) or over the
 // contracted channels (dot).
@@ -490,7 +492,7 @@ inline Path ChoosePath(Pass pass, DType operand, int64_t c_k, int64_t c_n) {
 inline FastDivmod DivisorOf(int64_t d) { return FastDivmod::Make(static_cast<int32_t>(d > 0 ? d : 1)); }
 
 // The plan of forward or input_grad (`shape.pass`). `path` as ChoosePath, or forced (tests).
-inline GatherPlan MakeGatherPlan(const ConvShape& shape, DType operand, Path path) {
+inline GatherPlan MakeGatherPlan(const ConvShape& shape, DType operand, Path path, const DeviceInfo& device) {
   const bool forward = shape.pass == Pass::kForward;
   GatherPlan p{};
   p.pass = shape.pass;
@@ -554,10 +556,10 @@ inline GatherPlan MakeGatherPlan(const ConvShape& shape, DType operand, Path pat
     max_rows *= most;
   }
   if (path == Path::kTiled) {
-    const TileShape s = TiledShape(operand);
-    p.tile_m = s.m;
-    p.tile_n = s.n;
-    p.k_block = s.k;
+    p.tile_m = kTiledRows;
+    p.k_block = TiledKBlock(operand);
+    const int64_t wide_blocks = p.groups * CeilDivHD(max_rows, kTiledRows) * p.problems * CeilDivHD(p.c_n, 128);
+    p.tile_n = TiledColumns(p.c_n, wide_blocks, device);
   } else if (path == Path::kDirectDot) {
     p.tile_m = kDirectWarps;
     p.tile_n = kDirectChannels;
@@ -616,10 +618,10 @@ inline WeightGradPlan MakeWeightGradPlan(const ConvShape& shape, DType operand, 
     most_pixels *= most;
   }
   if (path == Path::kTiled) {
-    const TileShape s = TiledShape(operand);
-    p.tile_m = s.m;
-    p.tile_n = s.n;
-    p.k_block = s.k;
+    // Split-K fills the device here: the narrow tile only where 64 columns hold every output channel.
+    p.tile_m = kTiledRows;
+    p.tile_n = p.c_n <= 64 ? 64 : 128;
+    p.k_block = TiledKBlock(operand);
   } else {
     // A thread per (ci, group of co); the "tile" is the CTA's threads.
     p.tile_m = 1;

@@ -90,7 +90,8 @@ struct Tf32x3Math : Tf32Math {
   static constexpr bool kSplit = true;
 };
 
-using Accumulators = float[tiled::kMmaTilesM][tiled::kMmaTilesN][4];
+template <int N>
+using Accumulators = float[tiled::kMmaTilesM][tiled::Cta<N>::kMmaTilesN][4];
 
 // x (float32 bits) = big + small, both TF32: *x becomes big.
 __device__ __forceinline__ void SplitTf32(uint32_t* x, uint32_t* small) {
@@ -99,14 +100,25 @@ __device__ __forceinline__ void SplitTf32(uint32_t* x, uint32_t* small) {
   *x = big;
 }
 
+template <int N>
+__device__ __forceinline__ void ZeroAccumulators(Accumulators<N>& acc) {
+#pragma unroll
+  for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < tiled::Cta<N>::kMmaTilesN; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
+}
+
 // The warp's mma work on one stage: two k-steps, each with all four A fragments loaded (and rounded or split
 // for TF32) first, then B one pair of n8 tiles at a time, so that few B registers are live beside the
 // accumulators.
-template <class Math, bool kAKContiguous, bool kBKContiguous>
+template <class Math, int N, bool kAKContiguous, bool kBKContiguous>
 __device__ __forceinline__ void ComputeStage(const char* stage, const SmemTile& ta, const SmemTile& tb,
-                                             Accumulators& acc, int warp, int lane) {
+                                             Accumulators<N>& acc, int warp, int lane) {
+  using Cta = tiled::Cta<N>;
   const char* a_tile = stage;
-  const char* b_tile = stage + tiled::kTileBytes;
+  const char* b_tile = stage + tiled::kTileBytesA;
   const uint32_t a_base = ptx::SharedAddress(a_tile);
   const uint32_t b_base = ptx::SharedAddress(b_tile);
   // 3xTF32 keeps twice the fragments live: its two k-steps are not interleaved.
@@ -135,14 +147,14 @@ __device__ __forceinline__ void ComputeStage(const char* stage, const SmemTile& 
       }
     }
 #pragma unroll
-    for (int nj = 0; nj < tiled::kMmaTilesN / 2; ++nj) {
+    for (int nj = 0; nj < Cta::kMmaTilesN / 2; ++nj) {
       uint32_t b[2][2];
       if constexpr (kBKContiguous || Math::kBytes == 2) {
         uint32_t r[4];
         if constexpr (kBKContiguous) {
-          ptx::LoadMatrix(r, b_base + tiled::LdsmB(tb, warp, lane, ks, nj));
+          ptx::LoadMatrix(r, b_base + Cta::LdsmB(tb, warp, lane, ks, nj));
         } else {
-          ptx::LoadMatrixTrans(r, b_base + tiled::LdsmBTrans(tb, warp, lane, ks, nj));
+          ptx::LoadMatrixTrans(r, b_base + Cta::LdsmBTrans(tb, warp, lane, ks, nj));
         }
         b[0][0] = r[0];
         b[0][1] = r[1];
@@ -154,7 +166,7 @@ __device__ __forceinline__ void ComputeStage(const char* stage, const SmemTile& 
 #pragma unroll
           for (int r = 0; r < 2; ++r)
             b[h][r] =
-                *reinterpret_cast<const uint32_t*>(b_tile + tiled::ScalarBTf32(tb, warp, lane, ks, 2 * nj + h, r));
+                *reinterpret_cast<const uint32_t*>(b_tile + Cta::ScalarBTf32(tb, warp, lane, ks, 2 * nj + h, r));
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -182,14 +194,32 @@ __device__ __forceinline__ void ComputeStage(const char* stage, const SmemTile& 
   }
 }
 
+// Stages the accumulators as floats in shared memory (the pipeline's buffers are free by then).
+template <int N>
+__device__ __forceinline__ void StageAccumulators(const Accumulators<N>& acc, float* staging, int warp, int lane) {
+  using Cta = tiled::Cta<N>;
+#pragma unroll
+  for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Cta::kMmaTilesN; ++ni)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) staging[Cta::StagingIndex(Cta::Accumulator(warp, lane, mi, ni, r))] = acc[mi][ni][r];
+}
+
+// Narrow tiles hold half the accumulators: three gather CTAs fit a multiprocessor's registers. (The weight
+// gradient, whose splits fill the device anyway, keeps two: at three, TF32's narrow kernel spilled.)
+template <int N>
+constexpr int kMinBlocks = N == 64 ? 3 : 2;
+
 // forward and input_grad on tensor cores. One CTA per (group, row tile, problem, channel tile); the result is
 // written in `out_type`: the operand type, or float32.
-template <class Math, bool kBKContiguous>
-__global__ void __launch_bounds__(tiled::kThreads, 2)
+template <class Math, int N, bool kBKContiguous>
+__global__ void __launch_bounds__(tiled::kThreads, kMinBlocks<N>)
     TiledGatherKernel(const __grid_constant__ GatherPlan plan, const typename Math::Element* __restrict__ a,
                       const typename Math::Element* __restrict__ b, void* __restrict__ out, DType out_type) {
+  using Cta = tiled::Cta<N>;
   extern __shared__ __align__(128) char smem[];
-  RowCoord* rows = reinterpret_cast<RowCoord*>(smem + tiled::kMainBytes);
+  RowCoord* rows = reinterpret_cast<RowCoord*>(smem + Cta::kMainBytes);
   const GatherTile tile = plan.TileAt(blockIdx.x);
   if (!tile.valid) return;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -198,33 +228,28 @@ __global__ void __launch_bounds__(tiled::kThreads, 2)
   __syncthreads();
 
   const SmemTile ta = tiled::GatherTileA();
-  const SmemTile tb = tiled::GatherTileB(plan, Math::kBytes);
+  const SmemTile tb = Cta::GatherTileB(plan, Math::kBytes);
   const int32_t steps = plan.KSteps(tile);
   TapCursor next_load = plan.FirstStep();
   auto load_stage = [&](int slot) {
-    char* stage = smem + slot * tiled::kStageBytes;
+    char* stage = smem + slot * Cta::kStageBytes;
     const int64_t weight_base = plan.WeightBase(tile, next_load);
 #pragma unroll
-    for (int i = 0; i < tiled::kCopiesPerThread; ++i) {
+    for (int i = 0; i < tiled::kCopiesA; ++i) {
       const tiled::ChunkCopy c = tiled::GatherCopyA(plan, tile, rows, next_load, Math::kBytes, tid, i);
       ptx::CopyAsync16(ptx::SharedAddress(stage + c.smem), c.src >= 0 ? a + c.src : a, c.src >= 0);
     }
 #pragma unroll
-    for (int i = 0; i < tiled::kCopiesPerThread; ++i) {
-      const tiled::ChunkCopy c = tiled::GatherCopyB(plan, tile, next_load, weight_base, Math::kBytes, tid, i);
-      ptx::CopyAsync16(ptx::SharedAddress(stage + tiled::kTileBytes + c.smem), c.src >= 0 ? b + c.src : b,
+    for (int i = 0; i < Cta::kCopiesB; ++i) {
+      const tiled::ChunkCopy c = Cta::GatherCopyB(plan, tile, next_load, weight_base, Math::kBytes, tid, i);
+      ptx::CopyAsync16(ptx::SharedAddress(stage + tiled::kTileBytesA + c.smem), c.src >= 0 ? b + c.src : b,
                        c.src >= 0);
     }
     plan.Advance(tile, &next_load);
   };
 
-  Accumulators acc;
-#pragma unroll
-  for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < tiled::kMmaTilesN; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
+  Accumulators<N> acc;
+  ZeroAccumulators<N>(acc);
 
   // The pipeline: stage s is in flight while stages before it are computed. Each iteration first waits for its
   // own stage and for every warp to leave the previous one, whose slot the next load then refills.
@@ -239,36 +264,31 @@ __global__ void __launch_bounds__(tiled::kThreads, 2)
     const int32_t next = tiled::NextIssued(step);
     if (next < steps) load_stage(tiled::StageSlot(next));
     ptx::CopyAsyncCommit();
-    ComputeStage<Math, true, kBKContiguous>(smem + tiled::StageSlot(step) * tiled::kStageBytes, ta, tb, acc, warp,
-                                            lane);
+    ComputeStage<Math, N, true, kBKContiguous>(smem + tiled::StageSlot(step) * Cta::kStageBytes, ta, tb, acc, warp,
+                                               lane);
   }
   ptx::CopyAsyncWait<0>();
   __syncthreads();
 
   // Epilogue: stage the tile as floats, then write whole 16-byte chunks of result rows.
   float* staging = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < tiled::kMmaTilesN; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) staging[tiled::StagingIndex(tiled::Accumulator(warp, lane, mi, ni, r))] = acc[mi][ni][r];
+  StageAccumulators<N>(acc, staging, warp, lane);
   __syncthreads();
   if (out_type == DType::kF32) {
-    for (int i = 0; i < tiled::OutputCopies(4); ++i) {
-      const Coord s = tiled::OutputSlot(4, tid, i);
-      const int64_t dst = tiled::GatherOutputIndex(plan, tile, rows[s.row], s.col);
+    for (int i = 0; i < Cta::OutputCopies(4); ++i) {
+      const Coord s = Cta::OutputSlot(4, tid, i);
+      const int64_t dst = Cta::GatherOutputIndex(plan, tile, rows[s.row], s.col);
       if (dst < 0) continue;
-      const float* v = staging + tiled::StagingIndex(s);
+      const float* v = staging + Cta::StagingIndex(s);
       *reinterpret_cast<float4*>(static_cast<float*>(out) + dst) = make_float4(v[0], v[1], v[2], v[3]);
     }
   } else if constexpr (Math::kBytes == 2) {
     using Element = typename Math::Element;
-    for (int i = 0; i < tiled::OutputCopies(2); ++i) {
-      const Coord s = tiled::OutputSlot(2, tid, i);
-      const int64_t dst = tiled::GatherOutputIndex(plan, tile, rows[s.row], s.col);
+    for (int i = 0; i < Cta::OutputCopies(2); ++i) {
+      const Coord s = Cta::OutputSlot(2, tid, i);
+      const int64_t dst = Cta::GatherOutputIndex(plan, tile, rows[s.row], s.col);
       if (dst < 0) continue;
-      const float* v = staging + tiled::StagingIndex(s);
+      const float* v = staging + Cta::StagingIndex(s);
       uint32_t packed[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -280,49 +300,49 @@ __global__ void __launch_bounds__(tiled::kThreads, 2)
           packed[e] = *reinterpret_cast<const uint32_t*>(&h);
         }
       }
-      *reinterpret_cast<uint4*>(static_cast<Element*>(out) + dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+      *reinterpret_cast<uint4*>(static_cast<Element*>(out) + dst) =
+          make_uint4(packed[0], packed[1], packed[2], packed[3]);
     }
   }
 }
 
 // weight_grad on tensor cores: one CTA per (group, tap, split, Ci tile, Co tile), its float partial tile written
 // to the split's slice of the scratch buffer.
-template <class Math>
+template <class Math, int N>
 __global__ void __launch_bounds__(tiled::kThreads, 2)
     TiledWeightGradKernel(const __grid_constant__ WeightGradPlan plan, const typename Math::Element* __restrict__ x,
                           const typename Math::Element* __restrict__ dy, float* __restrict__ partials) {
+  using Cta = tiled::Cta<N>;
   extern __shared__ __align__(128) char smem[];
   const WeightGradTile tile = plan.TileAt(blockIdx.x);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const SmemTile ta = tiled::WeightGradTileA(Math::kBytes);
-  const SmemTile tb = tiled::WeightGradTileB(Math::kBytes);
+  const SmemTile tb = Cta::WeightGradTileB(Math::kBytes);
   const int32_t steps = tiled::WeightGradSteps(tile, Math::kBytes);
-  PixelPair* table = reinterpret_cast<PixelPair*>(smem + tiled::kStages * tiled::kStageBytes);
+  PixelPair* table = reinterpret_cast<PixelPair*>(smem + Cta::kPipelineBytes);
   const int table_rows = tiled::PixelTableRows(Math::kBytes);
   auto fill_table = [&](int32_t step) {
     if (tid < table_rows && step < steps)
-      table[tiled::PixelTableIndex(step, tid, Math::kBytes)] = tiled::PixelTableEntry(plan, tile, Math::kBytes, step, tid);
+      table[tiled::PixelTableIndex(step, tid, Math::kBytes)] =
+          tiled::PixelTableEntry(plan, tile, Math::kBytes, step, tid);
   };
   auto load_stage = [&](int32_t step) {
-    char* stage = smem + tiled::StageSlot(step) * tiled::kStageBytes;
+    char* stage = smem + tiled::StageSlot(step) * Cta::kStageBytes;
 #pragma unroll
-    for (int i = 0; i < tiled::kCopiesPerThread; ++i) {
-      const PixelPair px = table[tiled::PixelTableIndex(step, tiled::WeightGradCopyRow(Math::kBytes, tid, i), Math::kBytes)];
-      const tiled::ChunkCopy ca = tiled::WeightGradCopyA(plan, tile, px, Math::kBytes, tid, i);
-      const tiled::ChunkCopy cb = tiled::WeightGradCopyB(plan, tile, px, Math::kBytes, tid, i);
-      ptx::CopyAsync16(ptx::SharedAddress(stage + ca.smem), ca.src >= 0 ? x + ca.src : x, ca.src >= 0);
-      ptx::CopyAsync16(ptx::SharedAddress(stage + tiled::kTileBytes + cb.smem), cb.src >= 0 ? dy + cb.src : dy,
-                       cb.src >= 0);
+    for (int i = 0; i < tiled::kCopiesA; ++i) {
+      const tiled::ChunkCopy c = tiled::WeightGradCopyA(plan, tile, table, step, Math::kBytes, tid, i);
+      ptx::CopyAsync16(ptx::SharedAddress(stage + c.smem), c.src >= 0 ? x + c.src : x, c.src >= 0);
+    }
+#pragma unroll
+    for (int i = 0; i < Cta::kCopiesB; ++i) {
+      const tiled::ChunkCopy c = Cta::WeightGradCopyB(plan, tile, table, step, Math::kBytes, tid, i);
+      ptx::CopyAsync16(ptx::SharedAddress(stage + tiled::kTileBytesA + c.smem), c.src >= 0 ? dy + c.src : dy,
+                       c.src >= 0);
     }
   };
 
-  Accumulators acc;
-#pragma unroll
-  for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < tiled::kMmaTilesN; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
+  Accumulators<N> acc;
+  ZeroAccumulators<N>(acc);
 
   // As the gather's pipeline; in addition, iteration `step` fills the table slot of step + kStages (the slot of
   // `step`, whose copies were issued kStages - 1 iterations ago), read after the next iteration's barrier.
@@ -341,24 +361,19 @@ __global__ void __launch_bounds__(tiled::kThreads, 2)
     if (next < steps) load_stage(next);
     ptx::CopyAsyncCommit();
     fill_table(step + tiled::kStages);
-    ComputeStage<Math, false, false>(smem + tiled::StageSlot(step) * tiled::kStageBytes, ta, tb, acc, warp, lane);
+    ComputeStage<Math, N, false, false>(smem + tiled::StageSlot(step) * Cta::kStageBytes, ta, tb, acc, warp, lane);
   }
   ptx::CopyAsyncWait<0>();
+  __syncthreads();
 
-  __syncthreads();
   float* staging = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < tiled::kMmaTilesN; ++ni)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) staging[tiled::StagingIndex(tiled::Accumulator(warp, lane, mi, ni, r))] = acc[mi][ni][r];
+  StageAccumulators<N>(acc, staging, warp, lane);
   __syncthreads();
-  for (int i = 0; i < tiled::OutputCopies(4); ++i) {
-    const Coord s = tiled::OutputSlot(4, tid, i);
-    const int64_t dst = tiled::WeightGradPartialIndex(plan, tile, s);
+  for (int i = 0; i < Cta::OutputCopies(4); ++i) {
+    const Coord s = Cta::OutputSlot(4, tid, i);
+    const int64_t dst = Cta::WeightGradPartialIndex(plan, tile, s);
     if (dst < 0) continue;
-    const float* v = staging + tiled::StagingIndex(s);
+    const float* v = staging + Cta::StagingIndex(s);
     *reinterpret_cast<float4*>(partials + dst) = make_float4(v[0], v[1], v[2], v[3]);
   }
 }
@@ -419,16 +434,23 @@ cudaError_t AllowSharedMemory(Kernel kernel, int bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
-template <class Math>
+template <class Math, int N>
 cudaError_t LaunchTiledGather(const GatherPlan& plan, const ConvCall& call, cudaStream_t stream) {
   using T = typename Math::Element;
+  constexpr int kSmem = tiled::Cta<N>::kGatherSmemBytes;
   const auto* a = static_cast<const T*>(call.first);
   const auto* b = static_cast<const T*>(call.second);
-  auto kernel = plan.b_k_contiguous() ? TiledGatherKernel<Math, true> : TiledGatherKernel<Math, false>;
-  if (cudaError_t e = AllowSharedMemory(kernel, tiled::kGatherSmemBytes); e != cudaSuccess) return e;
-  kernel<<<static_cast<unsigned>(plan.blocks), tiled::kThreads, tiled::kGatherSmemBytes, stream>>>(plan, a, b, call.result,
-                                                                                        call.result_type);
+  auto kernel = plan.b_k_contiguous() ? TiledGatherKernel<Math, N, true> : TiledGatherKernel<Math, N, false>;
+  if (cudaError_t e = AllowSharedMemory(kernel, kSmem); e != cudaSuccess) return e;
+  kernel<<<static_cast<unsigned>(plan.blocks), tiled::kThreads, kSmem, stream>>>(plan, a, b, call.result,
+                                                                                call.result_type);
   return cudaGetLastError();
+}
+
+template <class Math>
+cudaError_t LaunchTiledGather(const GatherPlan& plan, const ConvCall& call, cudaStream_t stream) {
+  return plan.tile_n == 64 ? LaunchTiledGather<Math, 64>(plan, call, stream)
+                           : LaunchTiledGather<Math, 128>(plan, call, stream);
 }
 
 template <typename T, typename Acc>
@@ -452,16 +474,24 @@ cudaError_t LaunchReduce(const WeightGradPlan& plan, const Acc* partials, const 
   return cudaGetLastError();
 }
 
-template <class Math>
+template <class Math, int N>
 cudaError_t LaunchTiledWeightGrad(const WeightGradPlan& plan, const ConvCall& call, float* partials,
                                   cudaStream_t stream) {
   using T = typename Math::Element;
-  auto kernel = TiledWeightGradKernel<Math>;
-  if (cudaError_t e = AllowSharedMemory(kernel, tiled::kWeightGradSmemBytes); e != cudaSuccess) return e;
-  kernel<<<static_cast<unsigned>(plan.blocks), tiled::kThreads, tiled::kWeightGradSmemBytes, stream>>>(
+  constexpr int kSmem = tiled::Cta<N>::kWeightGradSmemBytes;
+  auto kernel = TiledWeightGradKernel<Math, N>;
+  if (cudaError_t e = AllowSharedMemory(kernel, kSmem); e != cudaSuccess) return e;
+  kernel<<<static_cast<unsigned>(plan.blocks), tiled::kThreads, kSmem, stream>>>(
       plan, static_cast<const T*>(call.first), static_cast<const T*>(call.second), partials);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   return LaunchReduce<float>(plan, partials, call, stream);
+}
+
+template <class Math>
+cudaError_t LaunchTiledWeightGrad(const WeightGradPlan& plan, const ConvCall& call, float* partials,
+                                  cudaStream_t stream) {
+  return plan.tile_n == 64 ? LaunchTiledWeightGrad<Math, 64>(plan, call, partials, stream)
+                           : LaunchTiledWeightGrad<Math, 128>(plan, call, partials, stream);
 }
 
 template <typename T, typename Acc>
@@ -487,8 +517,8 @@ Path PathFor(Pass pass, const ConvCall& call) {
   return path;
 }
 
-cudaError_t LaunchGather(const ConvCall& call, Precision precision, cudaStream_t stream) {
-  const GatherPlan plan = MakeGatherPlan(call, call.operand_type, PathFor(call.pass, call));
+cudaError_t LaunchGather(const ConvCall& call, Precision precision, const DeviceInfo& device, cudaStream_t stream) {
+  const GatherPlan plan = MakeGatherPlan(call, call.operand_type, PathFor(call.pass, call), device);
   if (plan.blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
   if (plan.path == Path::kTiled) {
     switch (call.operand_type) {
@@ -564,7 +594,7 @@ ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::ScratchAllocator& scratc
     if (ffi::Error err = LaunchWeightGrad(call, precision, QueryDevice(), scratch, stream, &status); err.failure())
       return err;
   } else {
-    status = LaunchGather(call, precision, stream);
+    status = LaunchGather(call, precision, QueryDevice(), stream);
   }
   if (status != cudaSuccess)
     return ffi::Error::Internal(std::string("jaxseg: CUDA launch failed: ") + cudaGetErrorString(status));

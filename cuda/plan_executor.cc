@@ -170,8 +170,8 @@ struct SharedTile {
   std::vector<uint8_t> bytes;
   std::vector<uint8_t> written;  // per chunk, in the current stage's copies
 
-  explicit SharedTile(const char* n, SmemTile l)
-      : name(n), layout(l), bytes(tiled::kTileBytes), written(tiled::kTileBytes / 16) {}
+  SharedTile(const char* n, SmemTile l)
+      : name(n), layout(l), bytes(static_cast<size_t>(l.Bytes())), written(static_cast<size_t>(l.Bytes() / 16)) {}
   void BeginStage() { std::fill(written.begin(), written.end(), 0); }
   void CheckStageComplete() const {
     for (size_t c = 0; c < written.size(); ++c)
@@ -180,10 +180,16 @@ struct SharedTile {
              std::to_string(written[c]) + " times in one stage");
   }
   void CheckOffset(int32_t offset, int32_t width, const char* what) const {
-    if (offset < 0 || offset + width > layout.Bytes() || layout.Bytes() > tiled::kTileBytes || offset % width != 0)
+    if (offset < 0 || offset + width > layout.Bytes() || offset % width != 0)
       Fail(std::string(what) + " at byte " + std::to_string(offset) + " of shared tile " + name);
   }
 };
+
+// The kStages slots of one operand.
+std::vector<SharedTile> StageTiles(const char* name, SmemTile layout, int stage_bytes_budget) {
+  if (layout.Bytes() > stage_bytes_budget) Fail(std::string("shared tile ") + name + " larger than its stage slot");
+  return std::vector<SharedTile>(tiled::kStages, SharedTile(name, layout));
+}
 
 // cp.async.cg 16 bytes: from element `src` of `t` (or zeros for src < 0) into the tile.
 void CopyAsync16(SharedTile& tile, const ChunkCopy& c, const Tensor& t) {
@@ -224,11 +230,15 @@ uint32_t Load32(const SharedTile& tile, int32_t offset) {
   return v;
 }
 
-using WarpAccumulators = float[tiled::kMmaTilesM][tiled::kMmaTilesN][32][4];
+// One warp's accumulators, per lane: [mi][ni][lane][reg].
+template <int N>
+using WarpAccumulators = float[tiled::kMmaTilesM][tiled::Cta<N>::kMmaTilesN][32][4];
 
 // ComputeStage of cuda/kernels.cu for one warp.
+template <int N>
 void ComputeStage(Math math, bool a_k_contiguous, bool b_k_contiguous, const SharedTile& ta, const SharedTile& tb,
-                  WarpAccumulators& acc, int warp) {
+                  WarpAccumulators<N>& acc, int warp) {
+  using Cta = tiled::Cta<N>;
   const bool half = math == Math::kBf16 || math == Math::kF16;
   const bool split = math == Math::kTf32x3;
   for (int ks = 0; ks < tiled::kSubSteps; ++ks) {
@@ -253,13 +263,13 @@ void ComputeStage(Math math, bool a_k_contiguous, bool b_k_contiguous, const Sha
           }
         }
     }
-    for (int nj = 0; nj < tiled::kMmaTilesN / 2; ++nj) {
+    for (int nj = 0; nj < Cta::kMmaTilesN / 2; ++nj) {
       uint32_t b[2][32][2];
       if (b_k_contiguous || half) {
         int32_t offsets[32];
         for (int lane = 0; lane < 32; ++lane)
-          offsets[lane] = b_k_contiguous ? tiled::LdsmB(tb.layout, warp, lane, ks, nj)
-                                         : tiled::LdsmBTrans(tb.layout, warp, lane, ks, nj);
+          offsets[lane] = b_k_contiguous ? Cta::LdsmB(tb.layout, warp, lane, ks, nj)
+                                         : Cta::LdsmBTrans(tb.layout, warp, lane, ks, nj);
         uint32_t r[32][4];
         LoadMatrix(tb, offsets, !b_k_contiguous, r);
         for (int lane = 0; lane < 32; ++lane) {
@@ -272,7 +282,7 @@ void ComputeStage(Math math, bool a_k_contiguous, bool b_k_contiguous, const Sha
         for (int h = 0; h < 2; ++h)
           for (int lane = 0; lane < 32; ++lane)
             for (int r = 0; r < 2; ++r)
-              b[h][lane][r] = Load32(tb, tiled::ScalarBTf32(tb.layout, warp, lane, ks, 2 * nj + h, r));
+              b[h][lane][r] = Load32(tb, Cta::ScalarBTf32(tb.layout, warp, lane, ks, 2 * nj + h, r));
       }
       for (int h = 0; h < 2; ++h) {
         uint32_t b_small[32][2];
@@ -297,15 +307,24 @@ void ComputeStage(Math math, bool a_k_contiguous, bool b_k_contiguous, const Sha
   }
 }
 
+template <int N>
+std::vector<WarpAccumulators<N>> ZeroAccumulators() {
+  std::vector<WarpAccumulators<N>> acc(tiled::kWarps);
+  for (auto& w : acc) std::memset(&w, 0, sizeof(w));
+  return acc;
+}
+
 // The epilogue's staging tile, filled from the warps' accumulators.
-std::vector<float> Stage(const std::vector<WarpAccumulators>& acc) {
-  std::vector<float> staging(tiled::kStagingBytes / 4);
+template <int N>
+std::vector<float> Stage(const std::vector<WarpAccumulators<N>>& acc) {
+  using Cta = tiled::Cta<N>;
+  std::vector<float> staging(Cta::kStagingBytes / 4);
   for (int warp = 0; warp < tiled::kWarps; ++warp)
     for (int mi = 0; mi < tiled::kMmaTilesM; ++mi)
-      for (int ni = 0; ni < tiled::kMmaTilesN; ++ni)
+      for (int ni = 0; ni < Cta::kMmaTilesN; ++ni)
         for (int lane = 0; lane < 32; ++lane)
           for (int r = 0; r < 4; ++r)
-            staging.at(tiled::StagingIndex(tiled::Accumulator(warp, lane, mi, ni, r))) = acc[warp][mi][ni][lane][r];
+            staging.at(Cta::StagingIndex(Cta::Accumulator(warp, lane, mi, ni, r))) = acc[warp][mi][ni][lane][r];
   return staging;
 }
 
@@ -332,21 +351,13 @@ void StoreChunk(Tensor& out, DType type, int64_t dst, const float* v, int count)
   }
 }
 
-std::vector<WarpAccumulators> ZeroAccumulators() {
-  std::vector<WarpAccumulators> acc(tiled::kWarps);
-  for (auto& w : acc) std::memset(&w, 0, sizeof(w));
-  return acc;
-}
-
 // TiledGatherKernel, every CTA of the launch.
+template <int N>
 void TiledGather(const GatherPlan& plan, Math math, const Tensor& a, const Tensor& b, Tensor& out, DType out_type) {
+  using Cta = tiled::Cta<N>;
   const int eb = a.elem_bytes;
-  SharedTile stage_a[tiled::kStages] = {SharedTile("A", tiled::GatherTileA()), SharedTile("A", tiled::GatherTileA()),
-                                        SharedTile("A", tiled::GatherTileA()), SharedTile("A", tiled::GatherTileA())};
-  const SmemTile lb = tiled::GatherTileB(plan, eb);
-  SharedTile stage_b[tiled::kStages] = {SharedTile("B", lb), SharedTile("B", lb), SharedTile("B", lb),
-                                        SharedTile("B", lb)};
-  static_assert(tiled::kStages == 4, "the stage arrays above");
+  std::vector<SharedTile> stage_a = StageTiles("A", tiled::GatherTileA(), tiled::kTileBytesA);
+  std::vector<SharedTile> stage_b = StageTiles("B", Cta::GatherTileB(plan, eb), Cta::kTileBytesB);
   for (int64_t block = 0; block < plan.blocks; ++block) {
     const GatherTile tile = plan.TileAt(block);
     if (!tile.valid) continue;
@@ -359,16 +370,16 @@ void TiledGather(const GatherPlan& plan, Math math, const Tensor& a, const Tenso
       stage_b[slot].BeginStage();
       const int64_t weight_base = plan.WeightBase(tile, next_load);
       for (int tid = 0; tid < tiled::kThreads; ++tid) {
-        for (int i = 0; i < tiled::kCopiesPerThread; ++i)
+        for (int i = 0; i < tiled::kCopiesA; ++i)
           CopyAsync16(stage_a[slot], tiled::GatherCopyA(plan, tile, rows, next_load, eb, tid, i), a);
-        for (int i = 0; i < tiled::kCopiesPerThread; ++i)
-          CopyAsync16(stage_b[slot], tiled::GatherCopyB(plan, tile, next_load, weight_base, eb, tid, i), b);
+        for (int i = 0; i < Cta::kCopiesB; ++i)
+          CopyAsync16(stage_b[slot], Cta::GatherCopyB(plan, tile, next_load, weight_base, eb, tid, i), b);
       }
       stage_a[slot].CheckStageComplete();
       stage_b[slot].CheckStageComplete();
       plan.Advance(tile, &next_load);
     };
-    std::vector<WarpAccumulators> acc = ZeroAccumulators();
+    std::vector<WarpAccumulators<N>> acc = ZeroAccumulators<N>();
     for (int s = 0; s < tiled::kStages - 1; ++s)
       if (s < steps) load_stage(s);
     for (int32_t step = 0; step < steps; ++step) {
@@ -376,27 +387,26 @@ void TiledGather(const GatherPlan& plan, Math math, const Tensor& a, const Tenso
       if (next < steps) load_stage(tiled::StageSlot(next));
       const int slot = tiled::StageSlot(step);
       for (int warp = 0; warp < tiled::kWarps; ++warp)
-        ComputeStage(math, true, plan.b_k_contiguous(), stage_a[slot], stage_b[slot], acc[warp], warp);
+        ComputeStage<N>(math, true, plan.b_k_contiguous(), stage_a[slot], stage_b[slot], acc[warp], warp);
     }
-    const std::vector<float> staging = Stage(acc);
+    const std::vector<float> staging = Stage<N>(acc);
     const int out_bytes = Bytes(out_type);
     for (int tid = 0; tid < tiled::kThreads; ++tid)
-      for (int i = 0; i < tiled::OutputCopies(out_bytes); ++i) {
-        const Coord s = tiled::OutputSlot(out_bytes, tid, i);
-        const int64_t dst = tiled::GatherOutputIndex(plan, tile, rows[s.row], s.col);
-        if (dst >= 0) StoreChunk(out, out_type, dst, &staging.at(tiled::StagingIndex(s)), 16 / out_bytes);
+      for (int i = 0; i < Cta::OutputCopies(out_bytes); ++i) {
+        const Coord s = Cta::OutputSlot(out_bytes, tid, i);
+        const int64_t dst = Cta::GatherOutputIndex(plan, tile, rows[s.row], s.col);
+        if (dst >= 0) StoreChunk(out, out_type, dst, &staging.at(Cta::StagingIndex(s)), 16 / out_bytes);
       }
   }
 }
 
 // TiledWeightGradKernel, every CTA of the launch: float partials.
+template <int N>
 void TiledWeightGrad(const WeightGradPlan& plan, Math math, const Tensor& x, const Tensor& dy, Tensor& partials) {
+  using Cta = tiled::Cta<N>;
   const int eb = x.elem_bytes;
-  const SmemTile la = tiled::WeightGradTileA(eb), lb = tiled::WeightGradTileB(eb);
-  SharedTile stage_a[tiled::kStages] = {SharedTile("x", la), SharedTile("x", la), SharedTile("x", la),
-                                        SharedTile("x", la)};
-  SharedTile stage_b[tiled::kStages] = {SharedTile("dy", lb), SharedTile("dy", lb), SharedTile("dy", lb),
-                                        SharedTile("dy", lb)};
+  std::vector<SharedTile> stage_a = StageTiles("x", tiled::WeightGradTileA(eb), tiled::kTileBytesA);
+  std::vector<SharedTile> stage_b = StageTiles("dy", Cta::WeightGradTileB(eb), Cta::kTileBytesB);
   const int table_rows = tiled::PixelTableRows(eb);
   std::vector<PixelPair> table(tiled::kStages * table_rows);
   std::vector<int32_t> table_step(table.size(), -1);  // which step each entry holds, to catch a stale read
@@ -413,21 +423,22 @@ void TiledWeightGrad(const WeightGradPlan& plan, Math math, const Tensor& x, con
         }
     };
     auto load_stage = [&](int32_t step) {
+      for (int row = 0; row < table_rows; ++row)
+        if (table_step.at(tiled::PixelTableIndex(step, row, eb)) != step)
+          Fail("pixel table read before it was filled for its step");
       const int slot = tiled::StageSlot(step);
       stage_a[slot].BeginStage();
       stage_b[slot].BeginStage();
-      for (int tid = 0; tid < tiled::kThreads; ++tid)
-        for (int i = 0; i < tiled::kCopiesPerThread; ++i) {
-          const int index = tiled::PixelTableIndex(step, tiled::WeightGradCopyRow(eb, tid, i), eb);
-          if (table_step.at(index) != step) Fail("pixel table entry read before it was filled for its step");
-          const PixelPair px = table[index];
-          CopyAsync16(stage_a[slot], tiled::WeightGradCopyA(plan, tile, px, eb, tid, i), x);
-          CopyAsync16(stage_b[slot], tiled::WeightGradCopyB(plan, tile, px, eb, tid, i), dy);
-        }
+      for (int tid = 0; tid < tiled::kThreads; ++tid) {
+        for (int i = 0; i < tiled::kCopiesA; ++i)
+          CopyAsync16(stage_a[slot], tiled::WeightGradCopyA(plan, tile, table.data(), step, eb, tid, i), x);
+        for (int i = 0; i < Cta::kCopiesB; ++i)
+          CopyAsync16(stage_b[slot], Cta::WeightGradCopyB(plan, tile, table.data(), step, eb, tid, i), dy);
+      }
       stage_a[slot].CheckStageComplete();
       stage_b[slot].CheckStageComplete();
     };
-    std::vector<WarpAccumulators> acc = ZeroAccumulators();
+    std::vector<WarpAccumulators<N>> acc = ZeroAccumulators<N>();
     for (int s = 0; s < tiled::kStages; ++s) fill_table(s);
     for (int s = 0; s < tiled::kStages - 1; ++s)
       if (s < steps) load_stage(s);
@@ -437,14 +448,14 @@ void TiledWeightGrad(const WeightGradPlan& plan, Math math, const Tensor& x, con
       fill_table(step + tiled::kStages);
       const int slot = tiled::StageSlot(step);
       for (int warp = 0; warp < tiled::kWarps; ++warp)
-        ComputeStage(math, false, false, stage_a[slot], stage_b[slot], acc[warp], warp);
+        ComputeStage<N>(math, false, false, stage_a[slot], stage_b[slot], acc[warp], warp);
     }
-    const std::vector<float> staging = Stage(acc);
+    const std::vector<float> staging = Stage<N>(acc);
     for (int tid = 0; tid < tiled::kThreads; ++tid)
-      for (int i = 0; i < tiled::OutputCopies(4); ++i) {
-        const Coord s = tiled::OutputSlot(4, tid, i);
-        const int64_t dst = tiled::WeightGradPartialIndex(plan, tile, s);
-        if (dst >= 0) StoreChunk(partials, DType::kF32, dst, &staging.at(tiled::StagingIndex(s)), 4);
+      for (int i = 0; i < Cta::OutputCopies(4); ++i) {
+        const Coord s = Cta::OutputSlot(4, tid, i);
+        const int64_t dst = Cta::WeightGradPartialIndex(plan, tile, s);
+        if (dst >= 0) StoreChunk(partials, DType::kF32, dst, &staging.at(Cta::StagingIndex(s)), 4);
       }
   }
 }
@@ -584,12 +595,12 @@ PlannedCall Plan(const std::string& pass_name, const std::vector<int64_t>& first
   if (c.path == Path::kTiled &&
       (c.operand == DType::kF64 || c_k % VectorElements(c.operand) || c_n % VectorElements(c.operand)))
     throw nb::value_error("the tensor-core path needs 16-bit or float32 operands and whole 16-byte channel vectors");
+  DeviceInfo device;
+  device.multiprocessors = multiprocessors;
   if (c.pass == Pass::kWeightGrad) {
-    DeviceInfo device;
-    device.multiprocessors = multiprocessors;
     c.weight_grad = MakeWeightGradPlan(c.shape, c.operand, c.path, device);
   } else {
-    c.gather = MakeGatherPlan(c.shape, c.operand, c.path);
+    c.gather = MakeGatherPlan(c.shape, c.operand, c.path, device);
   }
   return c;
 }
@@ -603,6 +614,7 @@ nb::dict Report(const PlannedCall& c) {
                    : c.operand != DType::kF32 ? "mma16"
                    : c.precision == Precision::kHighest ? "3xtf32" : "tf32";
   report["blocks"] = Blocks(c);
+  report["tile_n"] = c.pass == Pass::kWeightGrad ? c.weight_grad.tile_n : c.gather.tile_n;
   if (c.pass == Pass::kWeightGrad) {
     report["splits"] = c.weight_grad.splits;
     report["scratch_bytes"] = PartialBytes(c.weight_grad, c.operand);
@@ -646,7 +658,11 @@ nb::tuple Execute(const std::string& pass_name, nb::bytes first, nb::bytes secon
   if (c.pass != Pass::kWeightGrad) {
     const TensorScope scope({&ta, &tb, &tr});
     if (c.path == Path::kTiled) {
-      TiledGather(c.gather, MathFor(c.operand, c.precision), ta, tb, tr, c.result);
+      if (c.gather.tile_n == 64) {
+        TiledGather<64>(c.gather, MathFor(c.operand, c.precision), ta, tb, tr, c.result);
+      } else {
+        TiledGather<128>(c.gather, MathFor(c.operand, c.precision), ta, tb, tr, c.result);
+      }
     } else {
       switch (c.operand) {
         case DType::kF32: DirectGather<float, float>(c.gather, ta, tb, tr, c.result); break;
@@ -663,7 +679,11 @@ nb::tuple Execute(const std::string& pass_name, nb::bytes first, nb::bytes secon
     Tensor tp{"partials", partial_bytes.data(), partial_elements, acc_bytes, std::vector<int32_t>(partial_elements)};
     const TensorScope scope({&ta, &tb, &tr, &tp});
     if (c.path == Path::kTiled) {
-      TiledWeightGrad(plan, MathFor(c.operand, c.precision), ta, tb, tp);
+      if (plan.tile_n == 64) {
+        TiledWeightGrad<64>(plan, MathFor(c.operand, c.precision), ta, tb, tp);
+      } else {
+        TiledWeightGrad<128>(plan, MathFor(c.operand, c.precision), ta, tb, tp);
+      }
     } else {
       switch (c.operand) {
         case DType::kF32: DirectWeightGrad<float, float>(plan, ta, tb, tp); break;

@@ -4,9 +4,10 @@
 // (cuda/plan_executor.cc) both compute every address through these functions, so the executor's run over the
 // conformance grid checks the index logic the GPU runs. Plain C++17 (no CUDA headers).
 //
-// The CTA: 4 warps (2 x 2), each a 64 x 64 block of the 128 x 128 result tile; K advances 64 bytes per stage
-// (32 16-bit or 16 float32 elements) through a 4-stage cp.async pipeline; per stage two mma k-steps
-// (m16n8k16 for 16-bit operands, m16n8k8 for TF32).
+// The CTA: 4 warps (2 x 2) over a result tile of 128 rows and Cta<N>::kTileN = 128 or 64 columns (the plan picks
+// 64 for 64 result channels or fewer, and where 128-column tiles would leave multiprocessors idle), each warp a
+// 64 x N/2 block; K advances 64 bytes per stage (32 16-bit or 16 float32 elements) through a 4-stage cp.async
+// pipeline; per stage two mma k-steps (m16n8k16 for 16-bit operands, m16n8k8 for TF32).
 //
 // Shared-memory tiles are stored in 16-byte chunks, one of two ways:
 //   K-contiguous    rows are M (or N), 4 chunks of K per row (64 bytes): an operand whose channels run along K
@@ -28,28 +29,12 @@ constexpr int kThreads = 128;
 constexpr int kWarps = 4;
 constexpr int kStages = 4;
 constexpr int kTileM = 128;
-constexpr int kTileN = 128;
 constexpr int kWarpM = 64;
-constexpr int kWarpN = 64;
 constexpr int kMmaTilesM = kWarpM / 16;   // m16 tiles per warp
-constexpr int kMmaTilesN = kWarpN / 8;    // n8 tiles per warp
 constexpr int kRowBytes = 64;             // bytes of K per stage
 constexpr int kSubSteps = 2;              // mma k-steps per stage (32 bytes of K each)
-constexpr int kCopiesPerThread = 4;       // every operand tile of a stage is 512 chunks of 16 bytes
-constexpr int kTileBytes = 512 * 16;
-constexpr int kStageBytes = 2 * kTileBytes;
-constexpr int kStagePitch = kTileN + 8;   // floats per row of the epilogue's staging tile
-constexpr int kStagingBytes = kTileM * kStagePitch * 4;
-constexpr int kMainBytes = kStages * kStageBytes > kStagingBytes ? kStages * kStageBytes : kStagingBytes;
-// Dynamic shared memory: the pipeline (the epilogue's staging tile reuses it), then the gather's row table.
-constexpr int kGatherSmemBytes = kMainBytes + kTileM * static_cast<int>(sizeof(RowCoord));
-// weight_grad: the pipeline, then the pixel table (the pixel pairs of the k-steps in flight, one slot per stage);
-// the epilogue's staging tile reuses both.
-constexpr int kPixelTableBytes = kStages * 32 * static_cast<int>(sizeof(PixelPair));
-constexpr int kWeightGradSmemBytes =
-    kMainBytes > kStages * kStageBytes + kPixelTableBytes ? kMainBytes : kStages * kStageBytes + kPixelTableBytes;
-
-static_assert(kTileBytes == kTileM * kRowBytes, "a K-contiguous tile is 128 rows of 64 bytes");
+constexpr int kTileBytesA = kTileM * kRowBytes;
+constexpr int kCopiesA = kTileBytesA / 16 / kThreads;
 
 // ---------------------------------------------------------------------------------------------------------------
 // mma.sync fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16" and "mma.m16n8k8" with .tf32): lane l holds
@@ -91,15 +76,8 @@ static_assert(MmaBTf32(13, 1).row == 5 && MmaBTf32(13, 1).col == 3, "tf32 b1");
 static_assert(MmaC(13, 1).row == 3 && MmaC(13, 1).col == 3, "c1");
 static_assert(MmaC(30, 2).row == 15 && MmaC(30, 2).col == 4, "c2");
 
-// The warp's block of the result tile: warps 0 and 1 side by side along M, 2 and 3 below them along N.
+// The warp's rows of the result tile: warps 0 and 2 above, 1 and 3 below.
 JAXSEG_HD int WarpRow(int warp) { return (warp & 1) * kWarpM; }
-JAXSEG_HD int WarpCol(int warp) { return (warp >> 1) * kWarpN; }
-
-// The result-tile element accumulator register `reg` of mma tile (mi, ni) holds.
-JAXSEG_HD Coord Accumulator(int warp, int lane, int mi, int ni, int reg) {
-  const Coord c = MmaC(lane, reg);
-  return Coord{WarpRow(warp) + 16 * mi + c.row, WarpCol(warp) + 8 * ni + c.col};
-}
 
 // The pipeline of both tiled kernels: the copies of k-step `step` land in stage slot StageSlot(step); the
 // prologue issues steps 0 .. kStages - 2, and the iteration that computes `step` first issues
@@ -126,7 +104,7 @@ struct SmemTile {
 JAXSEG_HD SmemTile KContiguous(int rows) { return SmemTile{rows, kRowBytes / 16}; }
 JAXSEG_HD SmemTile MNContiguous(int elem_bytes, int cols) { return SmemTile{kRowBytes / elem_bytes, cols * elem_bytes / 16}; }
 
-// Copy i (0..3) of thread `tid` into a tile: its row and chunk. A warp fills whole rows, contiguous in memory.
+// Copy i of thread `tid` into a tile: its row and chunk. A warp fills whole rows, contiguous in memory.
 JAXSEG_HD Coord CopySlot(const SmemTile& tile, int tid, int i) {
   const int c = tid + kThreads * i;
   return Coord{c / tile.chunks, c % tile.chunks};
@@ -140,12 +118,10 @@ struct ChunkCopy {
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// forward and input_grad: A is the gathered activation (K-contiguous), B the kernel (either layout).
+// The A side (the same for both tile widths).
 
+// forward and input_grad: A is the gathered activation, K-contiguous.
 JAXSEG_HD SmemTile GatherTileA() { return KContiguous(kTileM); }
-JAXSEG_HD SmemTile GatherTileB(const GatherPlan& p, int elem_bytes) {
-  return p.b_k_contiguous() ? KContiguous(kTileN) : MNContiguous(elem_bytes, kTileN);
-}
 
 // The row table entry thread `tid` (< kTileM) writes before the mainloop.
 JAXSEG_HD RowCoord GatherRow(const GatherPlan& p, const GatherTile& t, int tid) { return p.Row(t, tid); }
@@ -159,32 +135,12 @@ JAXSEG_HD ChunkCopy GatherCopyA(const GatherPlan& p, const GatherTile& t, const 
   return ChunkCopy{tile.Offset(s.row, s.col), pixel >= 0 && channel < p.c_k ? pixel * p.c_k + channel : -1};
 }
 
-JAXSEG_HD ChunkCopy GatherCopyB(const GatherPlan& p, const GatherTile& t, const TapCursor& c, int64_t weight_base,
-                                int elem_bytes, int tid, int i) {
-  const SmemTile tile = GatherTileB(p, elem_bytes);
-  const Coord s = CopySlot(tile, tid, i);
-  const int v = 16 / elem_bytes;
-  int32_t channel, col;
-  if (p.b_k_contiguous()) {
-    channel = c.channel + s.col * v;
-    col = t.tile_n * kTileN + s.row;
-  } else {
-    channel = c.channel + s.row;
-    col = t.tile_n * kTileN + s.col * v;
-  }
-  const bool inside = channel < p.c_k && col < p.c_n;
-  return ChunkCopy{tile.Offset(s.row, s.col), inside ? weight_base + channel * p.b_stride_k + col * p.b_stride_n : -1};
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// weight_grad: A is x (MN-contiguous: rows are pixels, chunks Ci), B is dy (rows pixels, chunks Co).
-
+// weight_grad: A is x, MN-contiguous (rows are pixels, chunks Ci); B is dy (rows pixels, chunks Co).
 JAXSEG_HD SmemTile WeightGradTileA(int elem_bytes) { return MNContiguous(elem_bytes, kTileM); }
-JAXSEG_HD SmemTile WeightGradTileB(int elem_bytes) { return MNContiguous(elem_bytes, kTileN); }
 
-// The pixel table: the x and dy pixels of the rows of k-step `step` live in slot step % kStages, entry = row.
-// Threads tid < k_block each fill one entry (the divisions by the tap's extents happen once per pixel, not
-// once per copy); the copies of the step read them after a barrier.
+// The pixel table: the x and dy pixels of the rows of k-step `step` live in slot StageSlot(step), entry = row.
+// Threads tid < rows each fill one entry (the divisions by the tap's extents happen once per pixel, not once per
+// copy); the copies of the step read them after a barrier.
 JAXSEG_HD int PixelTableRows(int elem_bytes) { return kRowBytes / elem_bytes; }
 JAXSEG_HD int PixelTableIndex(int step, int row, int elem_bytes) {
   return StageSlot(step) * PixelTableRows(elem_bytes) + row;
@@ -193,30 +149,20 @@ JAXSEG_HD PixelPair PixelTableEntry(const WeightGradPlan& p, const WeightGradTil
                                     int row) {
   return p.Pixels(t, t.begin + step * PixelTableRows(elem_bytes) + row);
 }
-// The table row copy i of thread `tid` reads (A and B share rows).
-JAXSEG_HD int WeightGradCopyRow(int elem_bytes, int tid, int i) { return CopySlot(WeightGradTileA(elem_bytes), tid, i).row; }
 
-JAXSEG_HD ChunkCopy WeightGradCopyA(const WeightGradPlan& p, const WeightGradTile& t, const PixelPair& pixels,
-                                    int elem_bytes, int tid, int i) {
+JAXSEG_HD ChunkCopy WeightGradCopyA(const WeightGradPlan& p, const WeightGradTile& t, const PixelPair* table,
+                                    int step, int elem_bytes, int tid, int i) {
   const SmemTile tile = WeightGradTileA(elem_bytes);
   const Coord s = CopySlot(tile, tid, i);
+  const PixelPair px = table[PixelTableIndex(step, s.row, elem_bytes)];
   const int32_t ci = t.tile_m * kTileM + s.col * (16 / elem_bytes);
-  return ChunkCopy{tile.Offset(s.row, s.col), pixels.x >= 0 && ci < p.c_m ? pixels.x * p.c_m + ci : -1};
-}
-
-JAXSEG_HD ChunkCopy WeightGradCopyB(const WeightGradPlan& p, const WeightGradTile& t, const PixelPair& pixels,
-                                    int elem_bytes, int tid, int i) {
-  const SmemTile tile = WeightGradTileB(elem_bytes);
-  const Coord s = CopySlot(tile, tid, i);
-  const int32_t co = t.tile_n * kTileN + s.col * (16 / elem_bytes);
-  return ChunkCopy{tile.Offset(s.row, s.col), pixels.dy >= 0 && co < p.c_n ? pixels.dy * p.c_n + co : -1};
+  return ChunkCopy{tile.Offset(s.row, s.col), px.x >= 0 && ci < p.c_m ? px.x * p.c_m + ci : -1};
 }
 
 JAXSEG_HD int32_t WeightGradSteps(const WeightGradTile& t, int elem_bytes) {
   return static_cast<int32_t>(CeilDivHD(t.end - t.begin, kRowBytes / elem_bytes));
 }
 
-// ---------------------------------------------------------------------------------------------------------------
 // Fragment loads: the byte offset into a stage's operand tile of the row each lane hands to ldmatrix.x4 (16 bytes
 // at that offset form one row of one of the four 8 x 8 matrices), or of the element a 32-bit load reads.
 // `ks` is the mma k-step within the stage (0, 1).
@@ -228,13 +174,6 @@ JAXSEG_HD int32_t LdsmA(const SmemTile& tile, int warp, int lane, int ks, int mi
   return tile.Offset(row, 2 * ks + (lane >> 4));
 }
 
-// B, K-contiguous (rows are n), n8 tiles 2*nj and 2*nj+1: matrices give (tile 2nj: k 0-7, k 8-15),
-// (tile 2nj+1: k 0-7, k 8-15), i.e. registers 0, 1 of each.
-JAXSEG_HD int32_t LdsmB(const SmemTile& tile, int warp, int lane, int ks, int nj) {
-  const int row = WarpCol(warp) + 16 * nj + (lane & 7) + 8 * (lane >> 4);
-  return tile.Offset(row, 2 * ks + ((lane >> 3) & 1));
-}
-
 // A, MN-contiguous 16-bit (rows are k), with .trans: matrices (k 0-7, m 0-7), (k 0-7, m 8-15), (k 8-15, m 0-7),
 // (k 8-15, m 8-15) give registers 0-3.
 JAXSEG_HD int32_t LdsmATrans(const SmemTile& tile, int warp, int lane, int ks, int mi) {
@@ -242,15 +181,6 @@ JAXSEG_HD int32_t LdsmATrans(const SmemTile& tile, int warp, int lane, int ks, i
   const int k = 16 * ks + (lane & 7) + 8 * (matrix >> 1);
   const int m = WarpRow(warp) + 16 * mi + 8 * (matrix & 1);
   return tile.Offset(k, m / 8);
-}
-
-// B, MN-contiguous 16-bit (rows are k), with .trans: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15),
-// (k 8-15, n 8-15) give registers 0, 1 of tile 2nj and 0, 1 of tile 2nj+1.
-JAXSEG_HD int32_t LdsmBTrans(const SmemTile& tile, int warp, int lane, int ks, int nj) {
-  const int matrix = lane >> 3;
-  const int k = 16 * ks + (lane & 7) + 8 * (matrix & 1);
-  const int n = WarpCol(warp) + 16 * nj + 8 * (matrix >> 1);
-  return tile.Offset(k, n / 8);
 }
 
 // TF32 A register `reg` of tile mi from an MN-contiguous tile (rows are k): one float.
@@ -261,45 +191,131 @@ JAXSEG_HD int32_t ScalarATf32(const SmemTile& tile, int warp, int lane, int ks, 
   return tile.Offset(k, m / 4) + 4 * (m % 4);
 }
 
-// TF32 B register `reg` of tile ni from an MN-contiguous tile (rows are k): one float.
-JAXSEG_HD int32_t ScalarBTf32(const SmemTile& tile, int warp, int lane, int ks, int ni, int reg) {
-  const Coord f = MmaBTf32(lane, reg);
-  const int n = WarpCol(warp) + 8 * ni + f.col;
-  const int k = 8 * ks + f.row;
-  return tile.Offset(k, n / 4) + 4 * (n % 4);
-}
-
 // ---------------------------------------------------------------------------------------------------------------
-// Epilogues.
+// The B side, the epilogues and the shared-memory budget, for a tile of N columns.
 
-// forward and input_grad: accumulators are staged as floats (kStagePitch per row), then every thread writes
-// 16-byte chunks of the result type, whole rows per warp, to the result pixel of the row.
-JAXSEG_HD int32_t StagingIndex(Coord c) { return c.row * kStagePitch + c.col; }
+template <int N>
+struct Cta {
+  static_assert(N == 64 || N == 128, "the tile widths the kernels are built for");
+  static constexpr int kTileN = N;
+  static constexpr int kWarpN = N / 2;
+  static constexpr int kMmaTilesN = kWarpN / 8;  // n8 tiles per warp
+  static constexpr int kTileBytesB = N * kRowBytes;
+  static constexpr int kCopiesB = kTileBytesB / 16 / kThreads;
+  static constexpr int kStageBytes = kTileBytesA + kTileBytesB;  // A at 0, B at kTileBytesA
+  static constexpr int kStagePitch = N + 8;  // floats per row of the epilogue's staging tile
+  static constexpr int kStagingBytes = kTileM * kStagePitch * 4;
+  static constexpr int kPipelineBytes = kStages * kStageBytes;
+  static constexpr int kMainBytes = kPipelineBytes > kStagingBytes ? kPipelineBytes : kStagingBytes;
+  // Dynamic shared memory of the gather: the pipeline (the staging tile reuses it), then the row table.
+  static constexpr int kGatherSmemBytes = kMainBytes + kTileM * static_cast<int>(sizeof(RowCoord));
+  // ... of the weight gradient: the pipeline, then the pixel table; the staging tile reuses both.
+  static constexpr int kPixelTableBytes = kStages * 32 * static_cast<int>(sizeof(PixelPair));
+  static constexpr int kWeightGradSmemBytes = kMainBytes > kPipelineBytes + kPixelTableBytes
+                                                  ? kMainBytes
+                                                  : kPipelineBytes + kPixelTableBytes;
 
-JAXSEG_HD int OutputCopies(int out_bytes) { return kTileM * (kTileN * out_bytes / 16) / kThreads; }
+  // The warp's columns: warps 0 and 1 left, 2 and 3 right.
+  JAXSEG_HD static int WarpCol(int warp) { return (warp >> 1) * kWarpN; }
 
-// Output copy i of thread `tid`: its tile row and first tile column.
-JAXSEG_HD Coord OutputSlot(int out_bytes, int tid, int i) {
-  const int per_chunk = 16 / out_bytes;
-  const int chunks = kTileN / per_chunk;
-  const int c = tid + kThreads * i;
-  return Coord{c / chunks, (c % chunks) * per_chunk};
-}
+  // The result-tile element accumulator register `reg` of mma tile (mi, ni) holds.
+  JAXSEG_HD static Coord Accumulator(int warp, int lane, int mi, int ni, int reg) {
+    const Coord c = MmaC(lane, reg);
+    return Coord{WarpRow(warp) + 16 * mi + c.row, WarpCol(warp) + 8 * ni + c.col};
+  }
 
-// The result element (within the whole result) of tile element (row, col), or -1 outside the result.
-JAXSEG_HD int64_t GatherOutputIndex(const GatherPlan& p, const GatherTile& t, const RowCoord& row, int col) {
-  const int64_t pixel = p.DestPixel(t, row);
-  const int32_t n = t.tile_n * kTileN + col;
-  return pixel >= 0 && n < p.c_n ? pixel * p.c_n + n : -1;
-}
+  // forward and input_grad: B is the kernel, K-contiguous where its stored layout has the contracted channels
+  // innermost, MN-contiguous otherwise.
+  JAXSEG_HD static SmemTile GatherTileB(const GatherPlan& p, int elem_bytes) {
+    return p.b_k_contiguous() ? KContiguous(N) : MNContiguous(elem_bytes, N);
+  }
 
-// weight_grad: every accumulator pair (registers 0-1 and 2-3 are adjacent columns) goes straight to the split's
-// partial tile; -1 outside the kernel.
-JAXSEG_HD int64_t WeightGradPartialIndex(const WeightGradPlan& p, const WeightGradTile& t, Coord c) {
-  const int32_t ci = t.tile_m * kTileM + c.row;
-  const int32_t co = t.tile_n * kTileN + c.col;
-  return ci < p.c_m && co < p.c_n ? p.PartialIndex(t.split, t.group, t.tap, ci, co) : -1;
-}
+  JAXSEG_HD static ChunkCopy GatherCopyB(const GatherPlan& p, const GatherTile& t, const TapCursor& c,
+                                         int64_t weight_base, int elem_bytes, int tid, int i) {
+    const SmemTile tile = GatherTileB(p, elem_bytes);
+    const Coord s = CopySlot(tile, tid, i);
+    const int v = 16 / elem_bytes;
+    int32_t channel, col;
+    if (p.b_k_contiguous()) {
+      channel = c.channel + s.col * v;
+      col = t.tile_n * N + s.row;
+    } else {
+      channel = c.channel + s.row;
+      col = t.tile_n * N + s.col * v;
+    }
+    const bool inside = channel < p.c_k && col < p.c_n;
+    return ChunkCopy{tile.Offset(s.row, s.col),
+                     inside ? weight_base + channel * p.b_stride_k + col * p.b_stride_n : -1};
+  }
+
+  // weight_grad: B is dy, MN-contiguous; its copies read the pixel table of their own rows.
+  JAXSEG_HD static SmemTile WeightGradTileB(int elem_bytes) { return MNContiguous(elem_bytes, N); }
+
+  JAXSEG_HD static ChunkCopy WeightGradCopyB(const WeightGradPlan& p, const WeightGradTile& t,
+                                             const PixelPair* table, int step, int elem_bytes, int tid, int i) {
+    const SmemTile tile = WeightGradTileB(elem_bytes);
+    const Coord s = CopySlot(tile, tid, i);
+    const PixelPair px = table[PixelTableIndex(step, s.row, elem_bytes)];
+    const int32_t co = t.tile_n * N + s.col * (16 / elem_bytes);
+    return ChunkCopy{tile.Offset(s.row, s.col), px.dy >= 0 && co < p.c_n ? px.dy * p.c_n + co : -1};
+  }
+
+  // B, K-contiguous (rows are n), n8 tiles 2*nj and 2*nj+1: matrices give (tile 2nj: k 0-7, k 8-15),
+  // (tile 2nj+1: k 0-7, k 8-15), i.e. registers 0, 1 of each.
+  JAXSEG_HD static int32_t LdsmB(const SmemTile& tile, int warp, int lane, int ks, int nj) {
+    const int row = WarpCol(warp) + 16 * nj + (lane & 7) + 8 * (lane >> 4);
+    return tile.Offset(row, 2 * ks + ((lane >> 3) & 1));
+  }
+
+  // B, MN-contiguous 16-bit (rows are k), with .trans: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15),
+  // (k 8-15, n 8-15) give registers 0, 1 of tile 2nj and 0, 1 of tile 2nj+1.
+  JAXSEG_HD static int32_t LdsmBTrans(const SmemTile& tile, int warp, int lane, int ks, int nj) {
+    const int matrix = lane >> 3;
+    const int k = 16 * ks + (lane & 7) + 8 * (matrix & 1);
+    const int n = WarpCol(warp) + 16 * nj + 8 * (matrix >> 1);
+    return tile.Offset(k, n / 8);
+  }
+
+  // TF32 B register `reg` of tile ni from an MN-contiguous tile (rows are k): one float.
+  JAXSEG_HD static int32_t ScalarBTf32(const SmemTile& tile, int warp, int lane, int ks, int ni, int reg) {
+    const Coord f = MmaBTf32(lane, reg);
+    const int n = WarpCol(warp) + 8 * ni + f.col;
+    const int k = 8 * ks + f.row;
+    return tile.Offset(k, n / 4) + 4 * (n % 4);
+  }
+
+  // Epilogues: the accumulators are staged as floats (kStagePitch per row), then every thread writes 16-byte
+  // chunks, whole rows per warp.
+  JAXSEG_HD static int32_t StagingIndex(Coord c) { return c.row * kStagePitch + c.col; }
+
+  JAXSEG_HD static constexpr int OutputCopies(int out_bytes) { return kTileM * (N * out_bytes / 16) / kThreads; }
+
+  // Output copy i of thread `tid`: its tile row and first tile column.
+  JAXSEG_HD static Coord OutputSlot(int out_bytes, int tid, int i) {
+    const int per_chunk = 16 / out_bytes;
+    const int chunks = N / per_chunk;
+    const int c = tid + kThreads * i;
+    return Coord{c / chunks, (c % chunks) * per_chunk};
+  }
+
+  // forward and input_grad: the result element (within the whole result) of tile element (row, col), or -1
+  // outside the result.
+  JAXSEG_HD static int64_t GatherOutputIndex(const GatherPlan& p, const GatherTile& t, const RowCoord& row,
+                                             int col) {
+    const int64_t pixel = p.DestPixel(t, row);
+    const int32_t n = t.tile_n * N + col;
+    return pixel >= 0 && n < p.c_n ? pixel * p.c_n + n : -1;
+  }
+
+  // weight_grad: the split's partial of tile element (row, col), or -1 outside the kernel.
+  JAXSEG_HD static int64_t WeightGradPartialIndex(const WeightGradPlan& p, const WeightGradTile& t, Coord c) {
+    const int32_t ci = t.tile_m * kTileM + c.row;
+    const int32_t co = t.tile_n * N + c.col;
+    return ci < p.c_m && co < p.c_n ? p.PartialIndex(t.split, t.group, t.tap, ci, co) : -1;
+  }
+};
+
+static_assert(kCopiesA == 4 && Cta<128>::kCopiesB == 4 && Cta<64>::kCopiesB == 2, "copies per thread and stage");
 
 }  // namespace jaxseg::gpu::tiled
 

@@ -114,9 +114,16 @@ PASSES = ("forward", "input_grad", "weight_grad")
 @pytest.mark.parametrize("pass_name", PASSES)
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_grid(rng, in_spatial, kernel, strides, padding, transpose_kernel, pass_name, variant):
-  # 16 and 24 channels: whole 16-byte vectors, so every variant but float64 runs on the tensor-core path.
-  check_pass(rng, pass_name, in_spatial, kernel, strides, padding, transpose_kernel=transpose_kernel,
-             variant=variant, expect_path="direct_outer" if variant == "f64" else "tiled")
+  # Channels in whole 16-byte vectors, so every variant but float64 runs on the tensor-core path; every other
+  # geometry with more than 64 result channels on a one-multiprocessor device, so that both tile widths (64 and
+  # 128 columns) see every pass, orientation and variant.
+  wide = GRID.index((in_spatial, kernel, strides, padding)) % 2 == 1
+  ci, co = (72, 80) if wide else (16, 24)
+  report = check_pass(rng, pass_name, in_spatial, kernel, strides, padding, transpose_kernel=transpose_kernel,
+                      variant=variant, ci=ci, co=co, multiprocessors=1 if wide else 132,
+                      expect_path="direct_outer" if variant == "f64" else "tiled")
+  if variant != "f64":
+    assert report["tile_n"] == (128 if wide else 64), report
 
 
 @pytest.mark.parametrize("in_spatial,kernel,strides,padding,dilation", [
@@ -137,9 +144,15 @@ def test_rhs_dilation(rng, in_spatial, kernel, strides, padding, dilation, pass_
 @pytest.mark.parametrize("pass_name", PASSES)
 @pytest.mark.parametrize("variant", ["bf16", "f16-f32", "tf32", "3xtf32"])
 @pytest.mark.parametrize("transpose_kernel", [False, True], ids=["canonical", "flipped"])
-def test_multiple_tiles(rng, pass_name, variant, transpose_kernel):
-  check_pass(rng, pass_name, (9, 11), (3, 3), (2, 2), [(1, 2), (2, 1)], ci=40, co=136, groups=2,
-             transpose_kernel=transpose_kernel, variant=variant, expect_path="tiled")
+@pytest.mark.parametrize("multiprocessors", [1, 132])
+def test_multiple_tiles(rng, pass_name, variant, transpose_kernel, multiprocessors):
+  report = check_pass(rng, pass_name, (9, 11), (3, 3), (2, 2), [(1, 2), (2, 1)], ci=40, co=136, groups=2,
+                      transpose_kernel=transpose_kernel, variant=variant, expect_path="tiled",
+                      multiprocessors=multiprocessors)
+  # input_grad's result channels are the 40 input channels; a device the wide tiles would leave idle gets
+  # narrow ones (forward); the weight gradient fills it with splits instead.
+  narrow = pass_name == "input_grad" or (pass_name == "forward" and multiprocessors == 132)
+  assert report["tile_n"] == (64 if narrow else 128), report
 
 
 @pytest.mark.parametrize("variant", ["bf16", "tf32", "f64"])
