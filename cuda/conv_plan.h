@@ -255,6 +255,12 @@ struct GatherPlan {
   // The gathered pixel (index within the whole tensor, all groups) that row `row` reads for the cursor's tap, or
   // -1 where the tap meets padding or the row is past the last.
   JAXSEG_HD int64_t SourcePixel(const GatherTile& t, const RowCoord& row, const TapCursor& c) const {
+    const int32_t pixel = SourcePixelInGroup(t, row, c);
+    return pixel < 0 ? -1 : t.group * batch * src_pixels + pixel;
+  }
+
+  // The same within the tile's group (fewer than 2^31 pixels per group: CanImplement).
+  JAXSEG_HD int32_t SourcePixelInGroup(const GatherTile& t, const RowCoord& row, const TapCursor& c) const {
     if (row.image < 0) return -1;
     int64_t pixel = 0;
     JAXSEG_UNROLL
@@ -265,7 +271,7 @@ struct GatherPlan {
       if (s < 0 || s >= ax.src_size) return -1;
       pixel = pixel * ax.src_size + s;
     }
-    return row.image * src_pixels + pixel;
+    return static_cast<int32_t>(row.image_in_group * src_pixels + pixel);
   }
 
   // The kernel element (tap of the cursor, contracted channel 0, result channel 0) of the tile's group.

@@ -230,13 +230,16 @@ __global__ void __launch_bounds__(tiled::kThreads, kMinBlocks<N>)
   const SmemTile ta = tiled::GatherTileA();
   const SmemTile tb = Cta::GatherTileB(plan, Math::kBytes);
   const int32_t steps = plan.KSteps(tile);
+  const int64_t group_base = tiled::GatherGroupBase(plan, tile);
   TapCursor next_load = plan.FirstStep();
+  tiled::GatherSources sources;
   auto load_stage = [&](int slot) {
     char* stage = smem + slot * Cta::kStageBytes;
+    if (next_load.channel == 0) sources = tiled::GatherSourcePixels(plan, tile, rows, next_load, tid);
     const int64_t weight_base = plan.WeightBase(tile, next_load);
 #pragma unroll
     for (int i = 0; i < tiled::kCopiesA; ++i) {
-      const tiled::ChunkCopy c = tiled::GatherCopyA(plan, tile, rows, next_load, Math::kBytes, tid, i);
+      const tiled::ChunkCopy c = tiled::GatherCopyA(plan, sources, group_base, next_load, Math::kBytes, tid, i);
       ptx::CopyAsync16(ptx::SharedAddress(stage + c.smem), c.src >= 0 ? a + c.src : a, c.src >= 0);
     }
 #pragma unroll

@@ -9,6 +9,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -364,14 +365,20 @@ void TiledGather(const GatherPlan& plan, Math math, const Tensor& a, const Tenso
     RowCoord rows[tiled::kTileM];
     for (int tid = 0; tid < tiled::kThreads; ++tid) rows[tid] = tiled::GatherRow(plan, tile, tid);
     const int32_t steps = plan.KSteps(tile);
+    const int64_t group_base = tiled::GatherGroupBase(plan, tile);
     TapCursor next_load = plan.FirstStep();
+    std::vector<tiled::GatherSources> sources(tiled::kThreads);  // each thread's, kept across a tap's k-steps
+    for (auto& s : sources) std::fill(std::begin(s.pixel), std::end(s.pixel), INT32_MIN);  // never used unset
     auto load_stage = [&](int slot) {
       stage_a[slot].BeginStage();
       stage_b[slot].BeginStage();
       const int64_t weight_base = plan.WeightBase(tile, next_load);
       for (int tid = 0; tid < tiled::kThreads; ++tid) {
-        for (int i = 0; i < tiled::kCopiesA; ++i)
-          CopyAsync16(stage_a[slot], tiled::GatherCopyA(plan, tile, rows, next_load, eb, tid, i), a);
+        if (next_load.channel == 0) sources[tid] = tiled::GatherSourcePixels(plan, tile, rows, next_load, tid);
+        for (int i = 0; i < tiled::kCopiesA; ++i) {
+          if (sources[tid].pixel[i] == INT32_MIN) Fail("source pixels read before they were computed");
+          CopyAsync16(stage_a[slot], tiled::GatherCopyA(plan, sources[tid], group_base, next_load, eb, tid, i), a);
+        }
         for (int i = 0; i < Cta::kCopiesB; ++i)
           CopyAsync16(stage_b[slot], Cta::GatherCopyB(plan, tile, next_load, weight_base, eb, tid, i), b);
       }

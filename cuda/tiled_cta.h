@@ -126,13 +126,32 @@ JAXSEG_HD SmemTile GatherTileA() { return KContiguous(kTileM); }
 // The row table entry thread `tid` (< kTileM) writes before the mainloop.
 JAXSEG_HD RowCoord GatherRow(const GatherPlan& p, const GatherTile& t, int tid) { return p.Row(t, tid); }
 
-JAXSEG_HD ChunkCopy GatherCopyA(const GatherPlan& p, const GatherTile& t, const RowCoord* rows, const TapCursor& c,
-                                int elem_bytes, int tid, int i) {
+// The pixels (within the tile's group) thread `tid`'s A copies read for the cursor's tap, -1 in padding: computed
+// when a tap begins (channel 0) and kept for the tap's k-steps, which differ only in the channel.
+struct GatherSources {
+  int32_t pixel[kCopiesA];
+};
+
+JAXSEG_HD GatherSources GatherSourcePixels(const GatherPlan& p, const GatherTile& t, const RowCoord* rows,
+                                           const TapCursor& c, int tid) {
+  GatherSources s;
+  JAXSEG_UNROLL
+  for (int i = 0; i < kCopiesA; ++i) s.pixel[i] = p.SourcePixelInGroup(t, rows[CopySlot(GatherTileA(), tid, i).row], c);
+  return s;
+}
+
+// The element where the tile's group starts in the gathered tensor.
+JAXSEG_HD int64_t GatherGroupBase(const GatherPlan& p, const GatherTile& t) { return t.group * p.src_group_pitch(); }
+
+// Copy i of thread `tid`, from the tap's source pixels.
+JAXSEG_HD ChunkCopy GatherCopyA(const GatherPlan& p, const GatherSources& sources, int64_t group_base,
+                                const TapCursor& c, int elem_bytes, int tid, int i) {
   const SmemTile tile = GatherTileA();
   const Coord s = CopySlot(tile, tid, i);
   const int32_t channel = c.channel + s.col * (16 / elem_bytes);
-  const int64_t pixel = p.SourcePixel(t, rows[s.row], c);
-  return ChunkCopy{tile.Offset(s.row, s.col), pixel >= 0 && channel < p.c_k ? pixel * p.c_k + channel : -1};
+  const int32_t pixel = sources.pixel[i];
+  return ChunkCopy{tile.Offset(s.row, s.col),
+                   pixel >= 0 && channel < p.c_k ? group_base + static_cast<int64_t>(pixel) * p.c_k + channel : -1};
 }
 
 // weight_grad: A is x, MN-contiguous (rows are pixels, chunks Ci); B is dy (rows pixels, chunks Co).
