@@ -486,11 +486,12 @@ inline std::string CanImplementCall(Pass pass, Dims first, Dims second, Dims res
 }
 
 // Which path computes (pass, operand dtype) for channels (c_k contracted, c_n result; for weight_grad Ci and Co).
-// The tensor cores need whole 16-byte vectors of channels; few result channels with many contracted ones go to
-// the dot-product form, the rest (float64 too) to the outer-product form.
-inline Path ChoosePath(Pass pass, DType operand, int64_t c_k, int64_t c_n) {
+// The tensor cores need whole 16-byte vectors of channels (and buffers aligned to 16 bytes, as XLA's are); few
+// result channels with many contracted ones go to the dot-product form, the rest (float64 too) to the
+// outer-product form.
+inline Path ChoosePath(Pass pass, DType operand, int64_t c_k, int64_t c_n, bool buffers_aligned = true) {
   const int64_t v = VectorElements(operand);
-  if (operand != DType::kF64 && c_k % v == 0 && c_n % v == 0) return Path::kTiled;
+  if (operand != DType::kF64 && c_k % v == 0 && c_n % v == 0 && buffers_aligned) return Path::kTiled;
   if (pass != Pass::kWeightGrad && c_n < 32 && c_k >= 32) return Path::kDirectDot;
   return Path::kDirectOuter;
 }

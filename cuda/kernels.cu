@@ -19,8 +19,10 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "common/conv_shape.h"
+#include "common/dtype_dispatch.h"
 #include "common/dtypes.h"
 #include "common/ffi_binding.h"
 #include "cuda/conv_plan.h"
@@ -37,6 +39,14 @@ namespace {
 
 using tiled::Coord;
 using tiled::SmemTile;
+
+// The C++ type of each DType on CUDA, for the dtype dispatch (common/dtype_dispatch.h).
+struct CudaTypes {
+  using F32 = float;
+  using F64 = double;
+  using BF16 = __nv_bfloat16;
+  using F16 = __half;
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Element conversions of the CUDA-core kernels (cuda/direct_kernels.h): round to nearest even on store.
@@ -509,38 +519,45 @@ cudaError_t LaunchDirectWeightGrad(const WeightGradPlan& plan, const ConvCall& c
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // The tiled path reads and writes 16-byte vectors: XLA's buffers are aligned so, but a misaligned buffer takes
-// the CUDA-core path rather than fault.
+// a CUDA-core path rather than fault.
 Path PathFor(Pass pass, const ConvCall& call) {
   const bool forward = pass == Pass::kForward;
   const int64_t c_k = pass == Pass::kWeightGrad ? call.in_ch : forward ? call.in_ch : call.out_ch;
   const int64_t c_n = pass == Pass::kWeightGrad ? call.out_ch : forward ? call.out_ch : call.in_ch;
-  const Path path = ChoosePath(pass, call.operand_type, c_k, c_n);
-  if (path == Path::kTiled && !(Aligned16(call.first) && Aligned16(call.second) && Aligned16(call.result)))
-    return c_n < 32 && c_k >= 32 && pass != Pass::kWeightGrad ? Path::kDirectDot : Path::kDirectOuter;
-  return path;
+  return ChoosePath(pass, call.operand_type, c_k, c_n,
+                    Aligned16(call.first) && Aligned16(call.second) && Aligned16(call.result));
 }
 
+// Calls fn with the tensor cores' arithmetic for operands of type T at `precision` (float64 has none).
+template <typename T, typename Fn>
+cudaError_t WithMath(Precision precision, Fn&& fn) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return fn(Bf16Math{});
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return fn(F16Math{});
+  } else if constexpr (std::is_same_v<T, float>) {
+    return precision == Precision::kHighest ? fn(Tf32x3Math{}) : fn(Tf32Math{});
+  } else {
+    return cudaErrorInvalidValue;
+  }
+}
+
+// forward or input_grad. The dtype dispatch gives the operand and accumulation types of the table's pair; the
+// result type is a run-time argument of the kernels, so that a 16-bit operand's two result types share them.
 cudaError_t LaunchGather(const ConvCall& call, Precision precision, const DeviceInfo& device, cudaStream_t stream) {
   const GatherPlan plan = MakeGatherPlan(call, call.operand_type, PathFor(call.pass, call), device);
   if (plan.blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
-  if (plan.path == Path::kTiled) {
-    switch (call.operand_type) {
-      case DType::kBF16: return LaunchTiledGather<Bf16Math>(plan, call, stream);
-      case DType::kF16: return LaunchTiledGather<F16Math>(plan, call, stream);
-      case DType::kF32:
-        return precision == Precision::kHighest ? LaunchTiledGather<Tf32x3Math>(plan, call, stream)
-                                                : LaunchTiledGather<Tf32Math>(plan, call, stream);
-      case DType::kF64: break;
+  cudaError_t status = cudaErrorInvalidValue;
+  DispatchDTypes<CudaTypes>(call.operand_type, call.result_type, [&](auto types) {
+    using T = typename decltype(types)::Operand;
+    using Acc = typename decltype(types)::Accumulate;
+    if (plan.path != Path::kTiled) {
+      status = LaunchDirectGather<T, Acc>(plan, call, stream);
+      return;
     }
-    return cudaErrorInvalidValue;
-  }
-  switch (call.operand_type) {
-    case DType::kF32: return LaunchDirectGather<float, float>(plan, call, stream);
-    case DType::kF64: return LaunchDirectGather<double, double>(plan, call, stream);
-    case DType::kBF16: return LaunchDirectGather<__nv_bfloat16, float>(plan, call, stream);
-    case DType::kF16: return LaunchDirectGather<__half, float>(plan, call, stream);
-  }
-  return cudaErrorInvalidValue;
+    status = WithMath<T>(precision, [&](auto math) { return LaunchTiledGather<decltype(math)>(plan, call, stream); });
+  });
+  return status;
 }
 
 ffi::Error LaunchWeightGrad(const ConvCall& call, Precision precision, const DeviceInfo& device,
@@ -550,27 +567,21 @@ ffi::Error LaunchWeightGrad(const ConvCall& call, Precision precision, const Dev
   const std::optional<void*> partials = scratch.Allocate(static_cast<size_t>(PartialBytes(plan, call.operand_type)), 16);
   if (!partials.has_value())
     return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxseg (CUDA): no scratch memory for the weight gradient");
-  float* f = static_cast<float*>(*partials);
-  if (plan.path == Path::kTiled) {
-    switch (call.operand_type) {
-      case DType::kBF16: *status = LaunchTiledWeightGrad<Bf16Math>(plan, call, f, stream); break;
-      case DType::kF16: *status = LaunchTiledWeightGrad<F16Math>(plan, call, f, stream); break;
-      case DType::kF32:
-        *status = precision == Precision::kHighest ? LaunchTiledWeightGrad<Tf32x3Math>(plan, call, f, stream)
-                                                   : LaunchTiledWeightGrad<Tf32Math>(plan, call, f, stream);
-        break;
-      case DType::kF64: *status = cudaErrorInvalidValue; break;
+  *status = cudaErrorInvalidValue;
+  DispatchDTypes<CudaTypes>(call.operand_type, call.result_type, [&](auto types) {
+    using T = typename decltype(types)::Operand;
+    using Acc = typename decltype(types)::Accumulate;  // also the partials' type
+    Acc* acc_partials = static_cast<Acc*>(*partials);
+    if (plan.path != Path::kTiled) {
+      *status = LaunchDirectWeightGrad<T, Acc>(plan, call, acc_partials, stream);
+      return;
     }
-    return ffi::Error::Success();
-  }
-  switch (call.operand_type) {
-    case DType::kF32: *status = LaunchDirectWeightGrad<float, float>(plan, call, f, stream); break;
-    case DType::kF64:
-      *status = LaunchDirectWeightGrad<double, double>(plan, call, static_cast<double*>(*partials), stream);
-      break;
-    case DType::kBF16: *status = LaunchDirectWeightGrad<__nv_bfloat16, float>(plan, call, f, stream); break;
-    case DType::kF16: *status = LaunchDirectWeightGrad<__half, float>(plan, call, f, stream); break;
-  }
+    if constexpr (std::is_same_v<Acc, float>) {
+      *status = WithMath<T>(precision, [&](auto math) {
+        return LaunchTiledWeightGrad<decltype(math)>(plan, call, acc_partials, stream);
+      });
+    }
+  });
   return ffi::Error::Success();
 }
 

@@ -21,6 +21,9 @@
 #include "common/conv_shape.h"
 #include "common/dtypes.h"
 #include "common/passes.h"
+// The 16-bit float conversions are the CPU kernels' (round to nearest even, as the GPU's stores): the executor
+// includes them as one more build of its own (cpu/numeric.h lives in a build's namespace).
+#define JAXSEG_ISA plan_executor
 #include "cpu/numeric.h"
 #include "cuda/conv_plan.h"
 #include "cuda/direct_kernels.h"
@@ -31,8 +34,9 @@ namespace nb = nanobind;
 namespace jaxseg::gpu {
 namespace {
 
-using cpu::bf16_t;
-using cpu::f16_t;
+namespace num = jaxseg::cpu::plan_executor;
+using num::bf16_t;
+using num::f16_t;
 using tiled::ChunkCopy;
 using tiled::Coord;
 using tiled::SmemTile;
@@ -85,7 +89,7 @@ struct HostNumeric {
     const Tensor* t = Owner(p);
     if ((reinterpret_cast<const uint8_t*>(p) - t->data) % static_cast<int64_t>(sizeof(T)) != 0)
       Fail("misaligned element load");
-    return cpu::ToAcc<Acc>(*p);
+    return num::ToAcc<Acc>(*p);
   }
   template <typename Acc>
   static void Store(void* out, int64_t i, Acc v, DType type) {
@@ -94,8 +98,8 @@ struct HostNumeric {
     switch (type) {
       case DType::kF32: static_cast<float*>(out)[i] = static_cast<float>(v); break;
       case DType::kF64: static_cast<double*>(out)[i] = static_cast<double>(v); break;
-      case DType::kBF16: static_cast<bf16_t*>(out)[i] = cpu::FromAcc<bf16_t>(static_cast<float>(v)); break;
-      case DType::kF16: static_cast<f16_t*>(out)[i] = cpu::FromAcc<f16_t>(static_cast<float>(v)); break;
+      case DType::kBF16: static_cast<bf16_t*>(out)[i] = num::FromAcc<bf16_t>(static_cast<float>(v)); break;
+      case DType::kF16: static_cast<f16_t*>(out)[i] = num::FromAcc<f16_t>(static_cast<float>(v)); break;
     }
   }
 };
@@ -111,8 +115,8 @@ uint32_t ToTf32(uint32_t bits) {
   return (bits + 0x1000u) & 0xffffe000u;
 }
 
-float AsFloat(uint32_t bits) { return cpu::BitsToFloat(bits); }
-uint32_t AsBits(float f) { return cpu::FloatToBits(f); }
+float AsFloat(uint32_t bits) { return num::BitsToFloat(bits); }
+uint32_t AsBits(float f) { return num::FloatToBits(f); }
 
 void SplitTf32(uint32_t* x, uint32_t* small) {
   const uint32_t big = ToTf32(*x);
@@ -121,7 +125,7 @@ void SplitTf32(uint32_t* x, uint32_t* small) {
 }
 
 float Decode16(uint16_t bits, Math m) {
-  return m == Math::kBf16 ? cpu::Bf16ToFloat(bits) : cpu::HalfToFloat(bits);
+  return m == Math::kBf16 ? num::Bf16ToFloat(bits) : num::HalfToFloat(bits);
 }
 
 // mma.sync for one warp: d[lane] (4 floats) += A (16 x K) * B (K x 8) with A and B assembled from the lanes'
@@ -338,12 +342,12 @@ void StoreChunk(Tensor& out, DType type, int64_t dst, const float* v, int count)
     switch (type) {
       case DType::kF32: std::memcpy(p, &v[e], 4); break;
       case DType::kBF16: {
-        const uint16_t b = cpu::FloatToBf16(v[e]);
+        const uint16_t b = num::FloatToBf16(v[e]);
         std::memcpy(p, &b, 2);
         break;
       }
       case DType::kF16: {
-        const uint16_t h = cpu::FloatToHalf(v[e]);
+        const uint16_t h = num::FloatToHalf(v[e]);
         std::memcpy(p, &h, 2);
         break;
       }

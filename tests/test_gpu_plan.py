@@ -214,12 +214,15 @@ def test_suite_layers_run_on_the_cuda_kernels(layer, transpose_kernel):
   k, s = layer["kernel"], layer["stride"]
   pads = [(kk - 1 - p, kk - 1 - p + op) for kk, p, op in zip(k, layer["padding"], layer["output_padding"])]
   out = [(h - 1) * ss + 1 + lo + hi - kk + 1 for h, ss, (lo, hi), kk in zip(layer["in"], s, pads, k)]
-  x = [1, layer["N"], *layer["in"], layer["c_in"]]
-  y = [1, layer["N"], *out, layer["c_out"]]
-  w = [1, *k, layer["c_out"], layer["c_in"]] if transpose_kernel else [1, *k, layer["c_in"], layer["c_out"]]
+  # Canonical shapes as the handler receives them: groups lead, channels are per group.
+  g = layer.get("groups", 1)
+  ci, co = layer["c_in"] // g, layer["c_out"] // g
+  x = [g, layer["N"], *layer["in"], ci]
+  y = [g, layer["N"], *out, co]
+  w = [g, *k, co, ci] if transpose_kernel else [g, *k, ci, co]
   shapes = {"forward": (x, w, y), "input_grad": (y, w, x), "weight_grad": (x, y, w)}
   attrs = (list(s), [1] * n, [p[0] for p in pads], [p[1] for p in pads], transpose_kernel)
-  aligned = layer["c_in"] % 8 == 0 and layer["c_out"] % 8 == 0
+  aligned = ci % 8 == 0 and co % 8 == 0
   for pass_name, (a, b, r) in shapes.items():
     assert _jaxseg_cpu.gpu_can_implement(pass_name, a, b, r, *attrs) == ""
     for dtype in ("bfloat16", "float32"):
