@@ -13,7 +13,8 @@
 //                      input_grad  one problem: rows are input pixels j, K every tap x Co; dy is read at
 //                                  (j - offset)*s + residue, the output the tap links j with.
 //   WeightGradPlan   weight_grad: per tap a GEMM Ci x Co whose K runs over the pixels the tap links, split into
-//                    `splits` ranges whose float partial tiles a second kernel sums in a fixed order.
+//                    `splits` ranges whose partial tiles (in the accumulation type) a second kernel sums in split
+//                    order: deterministic, without atomics.
 //
 // Every axis is described separately (phases, taps and extents of one spatial axis), so a plan is a fixed-size
 // struct passed by value as a kernel parameter: no device allocation or copy is needed for it.

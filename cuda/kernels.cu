@@ -7,9 +7,10 @@
 // (cuda/plan_executor.cc) drives the same functions in the same order, so the tests run this index logic on the
 // CPU over the conformance grid.
 //
-//   tensor cores   forward and input_grad: TiledGatherKernel, a 128 x 128 implicit GEMM per phase (forward) or over
-//                  the input pixels (input_grad), its K running over taps x channels; weight_grad:
-//                  TiledWeightGradKernel, per tap a 128 x 128 tile of Ci x Co over a split of the tap's pixels.
+//   tensor cores   forward and input_grad: TiledGatherKernel, implicit-GEMM tiles of 128 rows x 128 (or 64) result
+//                  channels per phase (forward) or over the input pixels (input_grad), K running over taps x
+//                  channels; weight_grad: TiledWeightGradKernel, per tap tiles of 128 Ci x 128 (or 64) Co over a
+//                  split of the tap's pixels.
 //                  mma.sync m16n8k16 for bfloat16/float16, m16n8k8 TF32 (or 3xTF32 at HIGHEST) for float32,
 //                  float32 accumulators, a 4-stage cp.async pipeline.
 //   CUDA cores     float64, channels that are not whole 16-byte vectors, very few result channels.
