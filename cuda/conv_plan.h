@@ -43,10 +43,10 @@
 
 namespace jaxseg::gpu {
 
-// Limits of the per-axis tables (the plan is a kernel parameter of fixed size). Larger layers lower to XLA.
+// Limits of the per-axis tables (the plan is a kernel parameter of fixed size): taps, and the phases they reach,
+// per axis. The stride has no table: only phases with taps are listed. Larger layers lower to XLA.
 constexpr int kMaxDims = 3;
 constexpr int kMaxAxisTaps = 32;      // kernel size per axis
-constexpr int kMaxAxisStride = 32;    // stride per axis
 // Row, pixel and tile counts are indexed in 32 bits, with room for a tile past the last row.
 constexpr int64_t kMaxIndex = (int64_t{1} << 31) - (int64_t{1} << 20);
 
@@ -110,11 +110,11 @@ struct GatherAxis {
   int32_t dst_size;   // the result's extent
   int32_t src_mul;    // a row at e reads src = e*src_mul + tap_src_base[tap]
   int32_t dst_mul;    // ... and writes dst = e*dst_mul + dst_base[residue]
-  int32_t residues;   // problems along this axis: the stride for forward, 1 for input_grad
-  int32_t extent[kMaxAxisStride];          // rows of each residue
-  FastDivmod extent_div[kMaxAxisStride];
-  int32_t dst_base[kMaxAxisStride];
-  int32_t tap_begin[kMaxAxisStride + 1];   // residue r's taps are [tap_begin[r], tap_begin[r+1])
+  int32_t residues;   // problems along this axis: the phases some tap reaches (forward), 1 (input_grad)
+  int32_t extent[kMaxAxisTaps];          // rows of each problem (a phase reached by at least one tap)
+  FastDivmod extent_div[kMaxAxisTaps];
+  int32_t dst_base[kMaxAxisTaps];        // its residue (forward)
+  int32_t tap_begin[kMaxAxisTaps + 1];   // problem r's taps are [tap_begin[r], tap_begin[r+1])
   int32_t tap_src_base[kMaxAxisTaps];
   int32_t tap_stored[kMaxAxisTaps];        // this axis's share of the tap's stored index (ConvShape::StoredTap)
 };
@@ -149,6 +149,7 @@ struct TapCursor {
 struct GatherPlan {
   Pass pass;
   Path path;
+  bool zero_fill;          // forward: some outputs belong to no tap's phase; the result is zeroed before the launch
   int32_t dims;
   int64_t groups;
   int32_t batch;
@@ -457,7 +458,6 @@ inline std::string CanImplement(const ConvShape& shape) {
   int64_t in_pixels = 1, out_pixels = 1;
   for (const AxisGeometry& g : shape.axes) {
     if (g.kernel_size < 1 || g.kernel_size > kMaxAxisTaps) return "kernel size 1 to " + std::to_string(kMaxAxisTaps);
-    if (g.stride > kMaxAxisStride) return "stride at most " + std::to_string(kMaxAxisStride);
     if (g.in_size > kMaxIndex || g.out_size > kMaxIndex || g.in_size < 1 || g.out_size < 1)
       return "spatial sizes from 1 to 2^31-1";
     // Every index a row computes for a tap, inside or outside the tensor, stays within 32 bits: e*s + base with
@@ -532,7 +532,8 @@ inline GatherPlan MakeGatherPlan(const ConvShape& shape, DType operand, Path pat
     ax.dst_size = static_cast<int32_t>(forward ? g.out_size : g.in_size);
     ax.src_mul = static_cast<int32_t>(forward ? 1 : g.stride);
     ax.dst_mul = static_cast<int32_t>(forward ? g.stride : 1);
-    ax.residues = static_cast<int32_t>(forward ? g.stride : 1);
+    ax.residues = static_cast<int32_t>(forward ? g.phases.size() : 1);
+    if (forward) p.zero_fill = p.zero_fill || !g.EveryOutputHasTaps();
     int32_t n = 0;
     int64_t most = 0;
     for (int32_t r = 0; r < ax.residues; ++r) {
@@ -540,7 +541,7 @@ inline GatherPlan MakeGatherPlan(const ConvShape& shape, DType operand, Path pat
       if (forward) {
         const Phase& ph = g.phases[r];
         ax.extent[r] = static_cast<int32_t>(ph.count);
-        ax.dst_base[r] = r;
+        ax.dst_base[r] = static_cast<int32_t>(ph.residue);
         for (const Tap& tap : ph.taps) {
           ax.tap_src_base[n] = static_cast<int32_t>(tap.offset);
           ax.tap_stored[n] = static_cast<int32_t>(shape.StoredTap(tap.k * axis_pitch) - p.stored_tap_base);
@@ -551,7 +552,8 @@ inline GatherPlan MakeGatherPlan(const ConvShape& shape, DType operand, Path pat
         ax.extent[r] = static_cast<int32_t>(g.in_size);
         ax.dst_base[r] = 0;
         for (int64_t k = 0; k < g.kernel_size; ++k) {
-          ax.tap_src_base[n] = static_cast<int32_t>(g.phase_of_tap[k] - g.offset_of_tap[k] * g.stride);
+          const int64_t residue = g.phases[g.phase_of_tap[k]].residue;
+          ax.tap_src_base[n] = static_cast<int32_t>(residue - g.offset_of_tap[k] * g.stride);
           ax.tap_stored[n] = static_cast<int32_t>(shape.StoredTap(k * axis_pitch) - p.stored_tap_base);
           ++n;
         }
@@ -612,9 +614,10 @@ inline WeightGradPlan MakeWeightGradPlan(const ConvShape& shape, DType operand, 
     int64_t most = 0;
     for (int64_t k = 0; k < g.kernel_size; ++k) {
       // Tap k links q in [q_begin, q_end) of its phase: input q + offset, output q*s + residue.
-      const int64_t r = g.phase_of_tap[k];
+      const Phase& phase = g.phases[g.phase_of_tap[k]];
+      const int64_t r = phase.residue;
       int64_t q_begin = 0, q_end = 0;
-      for (const Tap& tap : g.phases[r].taps)
+      for (const Tap& tap : phase.taps)
         if (tap.k == k) q_begin = tap.q_begin, q_end = tap.q_end;
       ax.extent[k] = static_cast<int32_t>(q_end - q_begin);
       ax.extent_div[k] = DivisorOf(ax.extent[k]);

@@ -1,5 +1,5 @@
 // The CUDA custom-call targets (XLA FFI handlers) of the three passes. Their limits are the plans'
-// (cuda/conv_plan.h: kMaxDims, kMaxAxisTaps, kMaxAxisStride, CanImplement).
+// (cuda/conv_plan.h: kMaxDims, kMaxAxisTaps, CanImplement).
 #ifndef JAXSEG_CUDA_HANDLERS_H_
 #define JAXSEG_CUDA_HANDLERS_H_
 

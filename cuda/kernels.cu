@@ -545,9 +545,14 @@ cudaError_t WithMath(Precision precision, Fn&& fn) {
 
 // forward or input_grad. The dtype dispatch gives the operand and accumulation types of the table's pair; the
 // result type is a run-time argument of the kernels, so that a 16-bit operand's two result types share them.
-cudaError_t LaunchGather(const ConvCall& call, Precision precision, const DeviceInfo& device, cudaStream_t stream) {
+cudaError_t LaunchGather(const ConvCall& call, size_t result_bytes, Precision precision, const DeviceInfo& device,
+                         cudaStream_t stream) {
   const GatherPlan plan = MakeGatherPlan(call, call.operand_type, PathFor(call.pass, call), device);
   if (plan.blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
+  // Outputs of phases no tap reaches are zero: the result is zeroed first, the kernels write the rest.
+  if (plan.zero_fill) {
+    if (cudaError_t e = cudaMemsetAsync(call.result, 0, result_bytes, stream); e != cudaSuccess) return e;
+  }
   cudaError_t status = cudaErrorInvalidValue;
   DispatchDTypes<CudaTypes>(call.operand_type, call.result_type, [&](auto types) {
     using T = typename decltype(types)::Operand;
@@ -609,7 +614,7 @@ ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::ScratchAllocator& scratc
     if (ffi::Error err = LaunchWeightGrad(call, precision, QueryDevice(), scratch, stream, &status); err.failure())
       return err;
   } else {
-    status = LaunchGather(call, precision, QueryDevice(), stream);
+    status = LaunchGather(call, result->size_bytes(), precision, QueryDevice(), stream);
   }
   if (status != cudaSuccess)
     return ffi::Error::Internal(std::string("jaxseg: CUDA launch failed: ") + cudaGetErrorString(status));

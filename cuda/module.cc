@@ -46,5 +46,4 @@ NB_MODULE(_jaxseg_cuda, m) {
         "Why the CUDA kernels cannot run this call (canonical shapes, as the handler receives them), or ''.");
   m.attr("max_spatial_dims") = jaxseg::gpu::kMaxDims;
   m.attr("max_kernel_size") = jaxseg::gpu::kMaxAxisTaps;
-  m.attr("max_stride") = jaxseg::gpu::kMaxAxisStride;
 }

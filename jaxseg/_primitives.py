@@ -161,12 +161,11 @@ def _lowering_for_export(ctx) -> bool:
 
 def _cuda_can_implement(p: Pass, geometry: Geometry, shapes) -> bool:
   """Whether the CUDA kernels take this call (the same check their handlers make, cuda/conv_plan.h
-  CanImplement): at most 3 spatial axes, kernel size and stride at most 32, 32-bit row counts. Symbolic shapes
+  CanImplement): at most 3 spatial axes, kernel size at most 32 per axis, 32-bit row counts. Symbolic shapes
   are checked on their static parts; the rest the handler checks when it runs."""
   limits = _ext.cuda
   if any(not isinstance(d, (int, np.integer)) for shape in shapes for d in shape):
-    return (geometry.ndim <= limits.max_spatial_dims and max(geometry.strides) <= limits.max_stride and
-            max(geometry.kernel_spatial) <= limits.max_kernel_size)
+    return geometry.ndim <= limits.max_spatial_dims and max(geometry.kernel_spatial) <= limits.max_kernel_size
   why = limits.can_implement(p.name, *(list(map(int, shape)) for shape in shapes), list(geometry.strides),
                              list(geometry.dilation), [lo for lo, _ in geometry.padding],
                              [hi for _, hi in geometry.padding], geometry.transpose_kernel)

@@ -49,7 +49,13 @@ def _assert_same_nonfinite(got, want, what):
 ])
 @pytest.mark.parametrize("poisoned", ["kernel", "input", "cotangent"])
 @pytest.mark.parametrize("transpose_kernel", [False, True])
-def test_nonfinite_propagation(rng, x_shape, w_shape, strides, padding, poisoned, transpose_kernel):
+def test_nonfinite_propagation(request, platform, rng, x_shape, w_shape, strides, padding, poisoned,
+                               transpose_kernel):
+  if platform == "gpu" and poisoned == "kernel" and x_shape[-1] % 4 == 0 and w_shape[-1] % 4 == 0:
+    # The CUDA tensor-core path (channels in whole 16-byte vectors) multiplies the zeros of a tap that meets
+    # padding by the kernel, as cuDNN's implicit GEMMs do: an infinite weight gives NaN on such border rows of
+    # the forward and the input gradient (benchmarks/GPU.md). Not yet run on a GPU: expected, not known.
+    request.applymarker(pytest.mark.xfail(reason="tensor cores multiply padding zeros by the kernel", strict=False))
   kw = dict(strides=strides, padding=padding, transpose_kernel=transpose_kernel)
   if transpose_kernel:
     w_shape = w_shape[:-2] + (w_shape[-1], w_shape[-2])
