@@ -14,6 +14,6 @@ def clear_cpu_buffer_cache() -> None:
   _ext.cpu.clear_buffer_cache()
 
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it from here
 
 __all__ = ["conv_transpose", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx", "__version__"]
