@@ -21,7 +21,7 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxseg import _ext
+from jaxseg import _compat, _ext
 
 # (a axes, b axes, result axes); "*x", "*o", "*k" stand for the input, output and kernel spatial axes.
 _AXES = {
@@ -139,7 +139,7 @@ def _infer(target, call, mesh, arg_shapes, result_shape):
 def result_sharding(target, d, kernel_flipped, a_aval, b_aval, result_ndim):
   """The sharding of a pass's result as abstract evaluation sees it (sharding in types): kept factors carry
   over from the operands, reduced ones are summed away, everything else is replicated. None without one."""
-  shardings = [getattr(a_aval, "sharding", None), getattr(b_aval, "sharding", None)]
+  shardings = [_compat.aval_sharding(a_aval), _compat.aval_sharding(b_aval)]
   if not all(isinstance(s, NamedSharding) for s in shardings):
     return None
   chosen = _choose(target, d, kernel_flipped, shardings, [a_aval.ndim, b_aval.ndim])

@@ -20,10 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import Primitive
-from jax._src import dispatch  # apply_primitive: eager calls compile the primitive alone, as jax's own do
 from jax.interpreters import ad, batching, mlir
 
-from jaxseg import _ext, _partitioning
+from jaxseg import _compat, _ext, _partitioning
 
 # Output dtypes our kernels write for each operand dtype; anything else is computed in the operand dtype and cast.
 _NATIVE_OUT = {
@@ -48,10 +47,8 @@ def output_spatial(in_spatial, kernel_spatial, strides, dilation, padding):
 
 
 def _varying_axes(x) -> frozenset:
-  """shard_map's varying manual axes of x (aval.mat.varying in jax 0.10, aval.vma later)."""
-  aval = jax.typeof(x)
-  mat = getattr(aval, "mat", None)
-  return frozenset(getattr(mat, "varying", ()) if mat is not None else getattr(aval, "vma", ()))
+  """shard_map's varying manual axes of x."""
+  return _compat.varying_axes(jax.typeof(x))
 
 
 def _match_varying(a, b):
@@ -230,7 +227,7 @@ def _unfold(v, size, axis):
 
 def _sharded_in_type(v, axis) -> bool:
   """Whether axis `axis` of v carries a mesh axis in its type (explicit sharding)."""
-  spec = getattr(getattr(jax.typeof(v), "sharding", None), "spec", None)
+  spec = getattr(_compat.aval_sharding(jax.typeof(v)), "spec", None)
   return spec is not None and axis < len(spec) and spec[axis] is not None
 
 
@@ -280,10 +277,10 @@ def _by_layout(canonical, flipped):
 def _spans_devices(ctx) -> bool:
   """Whether this lowering is for a computation over several devices (then the partitioner needs our rules)."""
   axis_context = ctx.module_context.axis_context
-  devices = getattr(axis_context, "device_assignment", None)
+  devices = _compat.lowering_devices(axis_context)
   if devices is not None:
     return len(devices) > 1
-  mesh = getattr(axis_context, "mesh", None)
+  mesh = _compat.lowering_mesh(axis_context)
   return mesh is not None and mesh.size > 1
 
 
@@ -366,9 +363,9 @@ conv_transpose_weight_grad_p = Primitive("jaxseg_conv_transpose_weight_grad")
 
 
 def _setup(p, abstract_eval, target, lax_impl, transpose_a, transpose_b, batcher):
-  p.def_impl(partial(dispatch.apply_primitive, p))
+  p.def_impl(_compat.impl_by_apply_primitive(p))  # eager calls compile the primitive alone, as jax's own do
   # Our lowering may emit a custom_partitioning call, which needs the concrete devices at lowering time.
-  getattr(dispatch, "prim_requires_devices_during_lowering", set()).add(p)
+  _compat.require_devices_during_lowering(p)
   p.def_abstract_eval(abstract_eval)
   mlir.register_lowering(p, mlir.lower_fun(lax_impl, multiple_results=False))
   for platform in _ext.KERNEL_PLATFORMS:
