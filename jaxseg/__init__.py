@@ -25,6 +25,6 @@ def __getattr__(name):
   raise AttributeError(f"module 'jaxseg' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it from here
 
 __all__ = ["conv_transpose", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx", "export", "__version__"]

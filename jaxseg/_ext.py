@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+import warnings
+
 import jax
 
-try:
-  from jaxseg import _jaxseg_cpu as cpu
-except ImportError as e:  # pragma: no cover - only without a build
-  raise ImportError(
-      "jaxseg's compiled extension (_jaxseg_cpu) is missing: install the package with `pip install .` from its "
-      "source tree (it needs a C++17 compiler and cmake). If it is installed, the source folder is shadowing it "
-      "on sys.path (e.g. `python -m pytest` run from the source tree): run `pytest` instead, or from elsewhere."
-  ) from e
 
+def _load(name):
+  """jaxseg.<name>, or None where no such module was built; an ImportError that says why when it cannot load."""
+  spec = importlib.util.find_spec(f"jaxseg.{name}")
+  if spec is None:
+    return None
+  try:
+    return importlib.import_module(f"jaxseg.{name}")
+  except ImportError as e:
+    raise ImportError(f"jaxseg's compiled extension {spec.origin} was found but does not load ({e}). Rebuild it for "
+                      f"this Python and jax: pip install -e . (or pip install .) from the source tree.") from e
+
+
+cpu = _load("_jaxseg_cpu")
+if cpu is None:
+  raise ImportError(
+      f"jaxseg's compiled extension (_jaxseg_cpu) is not in {list(sys.modules['jaxseg'].__path__)} for this Python "
+      f"({sys.version.split()[0]}, {sys.executable}). Either jaxseg is not installed for this interpreter (from the "
+      "source tree: `pip install -e .`, which needs a C++17 compiler and cmake), or it was built for another Python "
+      "version (reinstall it with this one), or a non-editable install (`pip install .`) is hidden by the source "
+      "folder, which Python puts first on sys.path when run from the repository root (there, install with -e).")
 try:
-  from jaxseg import _jaxseg_cuda as cuda  # built when a CUDA compiler was found
-except ImportError:
+  cuda = _load("_jaxseg_cuda")  # built when a CUDA compiler was found
+except ImportError as e:
+  warnings.warn(f"{e} Going on with the CPU custom calls only.", RuntimeWarning, stacklevel=2)
   cuda = None
 
 for _name, _capsule in cpu.registrations().items():

@@ -16,6 +16,7 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxseg import _compat
 from jaxseg._passes import PASSES, Geometry, Pass
 
 
@@ -96,7 +97,7 @@ def _infer(p: Pass, geometry, out_dtype, precision, mesh, arg_shapes, result_sha
 def result_sharding(p: Pass, geometry: Geometry, a_aval, b_aval):
   """The sharding of a pass's result as abstract evaluation sees it (sharding in types): kept factors carry
   over from the operands, reduced ones are summed away, everything else is replicated. None without one."""
-  shardings = [getattr(a_aval, "sharding", None), getattr(b_aval, "sharding", None)]
+  shardings = [_compat.aval_sharding(a_aval), _compat.aval_sharding(b_aval)]
   if not all(isinstance(s, NamedSharding) for s in shardings):
     return None
   chosen = _result_chosen(p, geometry, shardings, [a_aval.ndim, b_aval.ndim])

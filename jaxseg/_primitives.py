@@ -20,10 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import Primitive
-from jax._src import dispatch  # apply_primitive: eager calls compile the primitive alone, as jax's own do
 from jax.interpreters import ad, batching, mlir
 
-from jaxseg import _ext, _partitioning
+from jaxseg import _compat, _ext, _partitioning
 from jaxseg._passes import (FORWARD, INPUT, KERNEL, OUTPUT, PASSES, RESULT_DTYPES, Geometry, Pass, precision_attribute,
                              producing)
 
@@ -34,10 +33,8 @@ from jaxseg._passes import (FORWARD, INPUT, KERNEL, OUTPUT, PASSES, RESULT_DTYPE
 
 
 def _varying_axes(x) -> frozenset:
-  """shard_map's varying manual axes of x (aval.mat.varying in jax 0.10, aval.vma later)."""
-  aval = jax.typeof(x)
-  mat = getattr(aval, "mat", None)
-  return frozenset(getattr(mat, "varying", ()) if mat is not None else getattr(aval, "vma", ()))
+  """shard_map's varying manual axes of x."""
+  return _compat.varying_axes(jax.typeof(x))
 
 
 def _match_varying(a, b):
@@ -110,7 +107,7 @@ def _unfold(v, size, axis):
 
 def _sharded_in_type(v, axis) -> bool:
   """Whether axis `axis` of v carries a mesh axis in its type (explicit sharding)."""
-  spec = getattr(getattr(jax.typeof(v), "sharding", None), "spec", None)
+  spec = getattr(_compat.aval_sharding(jax.typeof(v)), "spec", None)
   return spec is not None and axis < len(spec) and spec[axis] is not None
 
 
@@ -143,20 +140,11 @@ def _spans_devices(ctx) -> bool:
   """Whether this lowering is for a computation over several devices (then the partitioner needs our rules).
   Not inside a shard_map manual over every mesh axis: there each device runs the call on its own operands."""
   axis_context = ctx.module_context.axis_context
-  devices = getattr(axis_context, "device_assignment", None)
+  devices = _compat.lowering_devices(axis_context)
   if devices is not None:
     return len(devices) > 1
-  mesh = getattr(axis_context, "mesh", None)
-  manual = getattr(axis_context, "manual_axes", ())
-  return mesh is not None and mesh.size > 1 and set(manual) != set(mesh.axis_names)
-
-
-def _lowering_for_export(ctx) -> bool:
-  """Whether this lowering is for `jax.export`.
-
-  Private jax API (the lowering context's `lowering_parameters.for_export`, present in jax 0.10 and later);
-  kept to this one function so that it can move to a compatibility module. False where it is missing."""
-  return bool(getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False))
+  mesh = _compat.lowering_mesh(axis_context)
+  return mesh is not None and mesh.size > 1 and _compat.manual_axes(axis_context) != set(mesh.axis_names)
 
 
 def _cuda_can_implement(p: Pass, geometry: Geometry, shapes) -> bool:
@@ -193,7 +181,7 @@ def _kernel_lowering(p: Pass, platform: str):
     mode = precision_attribute(precision)
     if not _spans_devices(ctx):
       return direct(ctx, a, b, **geometry.ffi_attributes(mode))
-    if _lowering_for_export(ctx):
+    if _compat.lowering_for_export(ctx):
       # custom_partitioning's rules are Python callbacks held by this process: jax cannot serialize them.
       raise NotImplementedError(
           f"jaxseg {p.name}: exporting a computation sharded over several devices is not supported (jaxseg's "
@@ -241,9 +229,9 @@ def _lax_impl(p: Pass, a, b, *, geometry, out_dtype, precision):
 
 def _define(p: Pass) -> Primitive:
   prim = Primitive(f"jaxseg_conv_transpose_{p.name}")
-  prim.def_impl(partial(dispatch.apply_primitive, prim))
+  prim.def_impl(_compat.impl_by_apply_primitive(prim))  # eager calls compile the primitive alone, as jax's own do
   # Our lowering may emit a custom_partitioning call, which needs the concrete devices at lowering time.
-  getattr(dispatch, "prim_requires_devices_during_lowering", set()).add(prim)
+  _compat.require_devices_during_lowering(prim)
   prim.def_abstract_eval(partial(_abstract_eval, p))
   mlir.register_lowering(prim, mlir.lower_fun(partial(_lax_impl, p), multiple_results=False))
   for platform in _ext.KERNEL_PLATFORMS:
