@@ -20,7 +20,7 @@ def main():
   res = json.load(open(args.results))
   print(f"FMA peak {args.peak:.0f} GFLOP/s; measured sgemm {res['matmul_gflops']:.0f} "
         f"({100 * res['matmul_gflops'] / args.peak:.0f} % of peak)\n")
-  print(f"{'layer':18s}{'pass':5s}{'ideal ms':>9s}{'jaxseg':>8s}{'peer':>8s}  {'%peak ours/peer':>15s}"
+  print(f"{'layer':18s}{'pass':12s}{'ideal ms':>9s}{'jaxseg':>8s}{'peer':>8s}  {'%peak ours/peer':>15s}"
         f"{'x peer':>8s}{'bound':>7s}")
   got, bound = [], []
   for r in res["rows"]:
@@ -29,7 +29,7 @@ def main():
     peer = min(peers.values())
     got.append(peer / r["ms"]["jaxseg"])
     bound.append(peer / ideal)
-    print(f"{r['layer']:18s}{r['pass']:5s}{ideal:9.2f}{r['ms']['jaxseg']:8.2f}{peer:8.2f}  "
+    print(f"{r['layer']:18s}{r['pass']:12s}{ideal:9.2f}{r['ms']['jaxseg']:8.2f}{peer:8.2f}  "
           f"{100 * ideal / r['ms']['jaxseg']:7.0f} /{100 * ideal / peer:4.0f} %{got[-1]:8.2f}{bound[-1]:7.2f}")
   print(f"\ngeomean speed-up over the best peer: measured {geomean(got):.2f}x; at the FMA peak on every row "
         f"{geomean(bound):.2f}x")

@@ -91,8 +91,8 @@ step memcheck 80 env XLA_PYTHON_CLIENT_PREALLOCATE=false $python -m pytest "$rep
   -k "gpu and memcheck" -p no:cacheprovider -q -rA --junitxml="$work/pytest-memcheck.xml"
 bench float32 75 --dtype float32 --impls jaxseg,xla,torch
 # XLA's other orientation matters for the forward (cuDNN's backward-data or a zero-inserted input).
-bench bfloat16-flax-kernel 30 --dtype bfloat16 --flax-kernel --impls jaxseg,xla --passes fwd
-bench float32-flax-kernel 25 --dtype float32 --flax-kernel --impls jaxseg,xla --passes fwd
+bench bfloat16-flax-kernel 30 --dtype bfloat16 --flax-kernel --impls jaxseg,xla --passes forward
+bench float32-flax-kernel 25 --dtype float32 --flax-kernel --impls jaxseg,xla --passes forward
 step conformance-tests 60 $python -m pytest "$repo/tests/test_conformance.py" -k "gpu and (test_grid or wide)" \
   -p no:cacheprovider -q -x --junitxml="$work/pytest-conformance.xml"
 if (cd "$work" && $python -c "import mlxtend") 2>/dev/null; then

@@ -42,7 +42,7 @@ def main():
   print()
   for key, name in (("speedup_vs_xla", "XLA"), ("speedup_vs_torch", "PyTorch"), ("speedup_vs_best_peer", "best peer")):
     print(f"- geometric mean speed-up over {name}: {geomean([r[key] for r in rows]):.2f}x")
-  for which in ("fwd", "dx", "dw"):
+  for which in ("forward", "input_grad", "weight_grad"):
     print(f"- {which}: {geomean([r['speedup_vs_xla'] for r in rows if r['pass'] == which]):.2f}x XLA, "
           f"{geomean([r['speedup_vs_torch'] for r in rows if r['pass'] == which]):.2f}x PyTorch")
 

@@ -25,15 +25,24 @@ def test_cli_runs_and_writes_results(tmp_path, capsys):
   table = capsys.readouterr().out
   assert all(layer["name"] in table for layer in LAYERS["layers"]) and "geomean" in table
   result = json.loads(out.read_text())
-  assert result["schema"] == "jaxseg-bench/1" and result["config"]["repeats"] == 3
+  assert result["schema"] == "jaxseg-bench/2" and result["config"]["repeats"] == 3
   rows = result["rows"]
   assert [(r["layer"], r["pass"]) for r in rows] == [(l["name"], p) for l in LAYERS["layers"]
-                                                    for p in ("fwd", "dx", "dw")]
+                                                    for p in ("forward", "input_grad", "weight_grad")]
   for r in rows:
     assert all(r["ms"][impl] > 0 for impl in ("jaxseg", "xla", "naive")) and r["ms"]["torch"] is None
     assert r["speedup_vs_xla"] == pytest.approx(r["ms"]["xla"] / r["ms"]["jaxseg"])
     assert r["temp_bytes"]["jaxseg"] is not None
   assert png.stat().st_size > 0
+
+
+def test_short_pass_names(tmp_path):
+  layers = tmp_path / "layers.json"
+  layers.write_text(json.dumps({"layers": LAYERS["layers"][:1]}))
+  out = tmp_path / "r.json"
+  cli.main(["--layers", str(layers), "--impls", "jaxseg", "--passes", "dw,fwd", "--repeats", "3", "--budget",
+            "0.01", "--json", str(out), "--no-progress"])
+  assert [r["pass"] for r in json.loads(out.read_text())["rows"]] == ["weight_grad", "forward"]
 
 
 class FakeClock:

@@ -2,16 +2,17 @@
 
 For every layer of the suite (default: the transposed-convolution layers of real generative models shipped as
 `jaxseg/bench/layers.json`; a layer's optional `groups` makes it grouped, for every implementation: XLA's is
-then the grouped `lax.conv_general_dilated`, as `lax.conv_transpose` has no groups) and every pass (forward `fwd`, input gradient `dx`, weight gradient `dw`), it times
-each implementation jitted and warmed up, as the median of repeated calls taken in interleaved rounds (so the
-machine's drifts reach every implementation alike), all in one process, and prints ms, useful GFLOP/s, the
+then the grouped `lax.conv_general_dilated`, as `lax.conv_transpose` has no groups) and every pass (`forward`,
+`input_grad`, `weight_grad`; `--passes` also takes `fwd`, `dx`, `dw`), it times each implementation jitted and
+warmed up, as the median of repeated calls taken in interleaved rounds (so the machine's drifts reach every
+implementation alike), all in one process, and prints ms, useful GFLOP/s, the
 speed-up of jaxseg over each peer, the fraction of the machine's sgemm rate (measured in the same run) and the
 compiled temp memory of jaxseg and XLA. On a GPU each timed slice is a run of back-to-back calls with one wait at
 its end, so that a call's time is the device's rather than the host's round trip.
 
 JSON schema (`--json FILE`)::
 
-  {"schema": "jaxseg-bench/1",
+  {"schema": "jaxseg-bench/2",                # /2 names the passes forward, input_grad, weight_grad
    "machine": {"platform", "device", "cpu", "cores", "isa"}, "versions": {"jax", "jaxlib", "jaxseg", "torch"},
    "config": {"dtype", "device", "repeats", "transpose_kernel", "layers_file", "timing"},
    "matmul_gflops": float,                     # measured sgemm (or bf16 gemm) rate, same run (8192^3 on GPU)
@@ -44,9 +45,12 @@ import numpy as np
 from jax import lax
 
 import jaxseg
+from jaxseg import _passes
 from jaxseg._conv import lax_kernel
 
-PASSES = ("fwd", "dx", "dw")
+PASSES = tuple(p.name for p in _passes.PASSES)  # forward, input_grad, weight_grad
+# Short names --passes also takes.
+PASS_ALIASES = {"fwd": "forward", "dx": "input_grad", "dw": "weight_grad"}
 IMPLS = ("jaxseg", "xla", "naive", "torch")
 
 
@@ -111,9 +115,9 @@ def _jax_fns(layer, transpose_kernel):
 
 
 def _pass_fn(f, which):
-  if which == "fwd":
+  if which == "forward":
     return lambda x, w, ct: f(x, w)
-  if which == "dx":
+  if which == "input_grad":
     return lambda x, w, ct: jax.vjp(lambda x: f(x, w), x)[1](ct)[0]
   return lambda x, w, ct: jax.vjp(lambda w: f(x, w), w)[1](ct)[0]
 
@@ -207,7 +211,7 @@ def _torch_fns(layer, dtype, device, torch):
           layer["output_padding"], groups=layer["groups"], bias=False).to(device=tdev, dtype=tdtype)
   x = torch.randn(layer["N"], layer["c_in"], *layer["in"], device=tdev, dtype=tdtype)
 
-  def fwd():
+  def forward():
     with torch.no_grad():
       return m(x)
 
@@ -216,19 +220,19 @@ def _torch_fns(layer, dtype, device, torch):
   y_dx = m(xg)
   ct = torch.randn_like(y_dx)
 
-  def dx():
+  def input_grad():
     return torch.autograd.grad(y_dx, xg, ct, retain_graph=True)
 
   m2 = cls(layer["c_in"], layer["c_out"], layer["kernel"], layer["stride"], layer["padding"],
            layer["output_padding"], groups=layer["groups"], bias=False).to(device=tdev, dtype=tdtype)
   y_dw = m2(x)
 
-  def dw():
+  def weight_grad():
     return torch.autograd.grad(y_dw, m2.weight, ct, retain_graph=True)
 
   # Each call returns at once on a GPU: the wait for it is separate (see _batched).
   sync = (lambda out: torch.cuda.synchronize()) if tdev == "cuda" else (lambda out: None)
-  return {"fwd": fwd, "dx": dx, "dw": dw}, sync
+  return {"forward": forward, "input_grad": input_grad, "weight_grad": weight_grad}, sync
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,13 +261,13 @@ def run(args, on_row=None):
     layers = [l for l in layers if l["name"] in wanted]
     if not layers:
       raise SystemExit(f"--only {args.only}: no such layer")
-  passes = args.passes.split(",")
+  passes = args.passes
   progress = _progress(len(layers) * len(passes), args.no_progress)
   gemm = matmul_gflops(dtype, device)
   rng = np.random.default_rng(0)
   rows = []
   result = {
-      "schema": "jaxseg-bench/1",
+      "schema": "jaxseg-bench/2",
       "machine": {"platform": device.platform, "device": device.device_kind, "cpu": _cpu_name(),
                   "cores": os.cpu_count(), "isa": jaxseg._ext.cpu.selected_isa()},
       "versions": {"jax": jax.__version__, "jaxlib": _jaxlib_version(),
@@ -373,7 +377,7 @@ def print_table(result, out=None):
   print(f"jaxseg bench: {m['device']} ({m['cpu']}, {m['cores']} cores, kernels {m['isa']}), "
         f"{result['config']['dtype']}, jax {result['versions']['jax']}, torch {result['versions']['torch']}; "
         f"matmul {result['matmul_gflops']:.1f} GFLOP/s", file=out)
-  head = (f"{'layer':17s} {'pass':4s} {'GFLOP':>6s} {'jaxseg':>8s} {'xla':>8s} {'naive':>8s} {'torch':>8s} "
+  head = (f"{'layer':17s} {'pass':11s} {'GFLOP':>6s} {'jaxseg':>8s} {'xla':>8s} {'naive':>8s} {'torch':>8s} "
           f"{'GFLOP/s':>8s} {'%mm':>5s} {'vs xla':>7s} {'vs naive':>8s} {'vs torch':>8s} {'tmp MiB ours/xla':>17s}")
   print(head, file=out)
   print("-" * len(head), file=out)
@@ -383,7 +387,7 @@ def print_table(result, out=None):
     mem = (f"{t['jaxseg'] / 2**20:.1f}/{t['xla'] / 2**20:.1f}" if t.get("jaxseg") is not None and
            t.get("xla") is not None else "-")
     frac = 100 * r["fraction_of_matmul"] if r["fraction_of_matmul"] else None
-    print(f"{r['layer']:17s} {r['pass']:4s} {r['gflop']:6.2f} {_fmt(ms['jaxseg'], '8.2f')} {_fmt(ms['xla'], '8.2f')} "
+    print(f"{r['layer']:17s} {r['pass']:11s} {r['gflop']:6.2f} {_fmt(ms['jaxseg'], '8.2f')} {_fmt(ms['xla'], '8.2f')} "
           f"{_fmt(ms['naive'], '8.2f')} {_fmt(ms['torch'], '8.2f')} {_fmt(r['gflops'], '8.1f')} {_fmt(frac, '5.0f')} "
           f"{_fmt(r['speedup_vs_xla'], '7.2f')} {_fmt(r['speedup_vs_naive'], '8.2f')} "
           f"{_fmt(r['speedup_vs_torch'], '8.2f')} {mem:>17s}", file=out)
@@ -424,7 +428,8 @@ def main(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--layers", help="layer suite JSON (default: the built-in suite)")
   p.add_argument("--only", help="comma-separated layer names")
-  p.add_argument("--passes", default="fwd,dx,dw", help="comma-separated of fwd, dx, dw")
+  p.add_argument("--passes", default=",".join(PASSES),
+                 help="comma-separated of forward, input_grad, weight_grad (or fwd, dx, dw)")
   p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated of jaxseg, xla, naive, torch")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -439,8 +444,9 @@ def main(argv=None):
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)
   args.impls = tuple(args.impls.split(","))
-  if bad := set(args.passes.split(",")) - set(PASSES):
-    p.error(f"unknown pass {sorted(bad)}")
+  args.passes = [PASS_ALIASES.get(name, name) for name in args.passes.split(",")]
+  if bad := set(args.passes) - set(PASSES):
+    p.error(f"--passes: unknown pass {sorted(bad)} (choose from {', '.join(PASSES)})")
   if bad := set(args.impls) - set(IMPLS):
     p.error(f"unknown implementation {sorted(bad)}")
   if args.repeats < 3:
