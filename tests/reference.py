@@ -139,3 +139,33 @@ def _add_tap(x, w, dy, y, dx, dw, k, strides, padding, dilation):
   y[o] += np.einsum("n...c,cd->n...d", x[j], w[k])
   dx[j] += np.einsum("n...d,cd->n...c", dy[o], w[k])
   dw[k] += np.einsum("mc,md->cd", x[j].reshape(-1, x.shape[-1]), dy[o].reshape(-1, dy.shape[-1]))
+
+
+# (in_spatial, kernel, strides, padding): odd sizes, kernels smaller than / equal to / larger than the stride,
+# strides 1..4 and mixed per axis, every padding form, 1-D to 3-D. Shared by the tests of every kernel path
+# (tests/test_conformance.py, tests/test_gpu_plan.py).
+GEOMETRY_GRID = [
+    ((7,), (4,), (2,), "SAME"),
+    ((7,), (3,), (2,), "VALID"),
+    ((9,), (1,), (3,), "SAME"),
+    ((9,), (2,), (4,), "VALID"),
+    ((8,), (5,), (1,), [(2, 1)]),
+    ((6,), (16,), (8,), [(11, 11)]),
+    ((5,), (2,), (2,), [(2, 0)]),  # XLA once returned unwritten memory for this input gradient
+    ((5, 7), (4, 4), (2, 2), "SAME"),
+    ((5, 7), (3, 3), (2, 2), "VALID"),
+    ((6, 5), (3, 2), (2, 3), [(1, 2), (0, 1)]),
+    ((5, 5), (3, 3), (2, 2), [(-1, 2), (3, -2)]),
+    ((4, 6), (1, 3), (3, 1), [(0, 0), (2, 2)]),
+    ((3, 3), (5, 5), (2, 2), [(4, 4), (4, 5)]),
+    ((2, 3, 4), (2, 2, 2), (2, 2, 2), "VALID"),
+    ((3, 4, 2), (3, 2, 3), (2, 1, 3), "SAME"),
+    ((3, 3, 3), (3, 3, 3), (2, 2, 2), [(1, 1), (0, 2), (2, 0)]),
+]
+
+# Strides far larger than the kernel: most phases have no taps and their outputs are zero.
+SPARSE_GRID = [
+    ((5,), (3,), (50,), "SAME"),
+    ((3, 4), (2, 3), (7, 5), [(1, 0), (0, 2)]),
+    ((2, 2, 3), (1, 2, 3), (5, 3, 9), "VALID"),
+]

@@ -16,7 +16,8 @@ from jax import lax
 
 import jaxseg
 from conftest import x64
-from reference import conv_transpose_ref, from_canonical, to_canonical, transpose_padding
+from reference import (GEOMETRY_GRID, SPARSE_GRID, conv_transpose_ref, from_canonical, to_canonical,
+                       transpose_padding)
 from tolerances import assert_close
 
 DEFAULT_DN = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}
@@ -61,30 +62,7 @@ def run_case(rng, in_spatial, kernel, strides, padding, *, batch=2, cin=3, cout=
     return got
 
 
-# (in_spatial, kernel, strides, padding): odd sizes, kernels smaller than / equal to / larger than the stride,
-# strides 1..4 and mixed per axis, every padding form.
-GRID = [
-    ((7,), (4,), (2,), "SAME"),
-    ((7,), (3,), (2,), "VALID"),
-    ((9,), (1,), (3,), "SAME"),
-    ((9,), (2,), (4,), "VALID"),
-    ((8,), (5,), (1,), [(2, 1)]),
-    ((6,), (16,), (8,), [(11, 11)]),
-    ((5,), (2,), (2,), [(2, 0)]),  # XLA once returned unwritten memory for this input gradient
-    ((5, 7), (4, 4), (2, 2), "SAME"),
-    ((5, 7), (3, 3), (2, 2), "VALID"),
-    ((6, 5), (3, 2), (2, 3), [(1, 2), (0, 1)]),
-    ((5, 5), (3, 3), (2, 2), [(-1, 2), (3, -2)]),
-    ((4, 6), (1, 3), (3, 1), [(0, 0), (2, 2)]),
-    ((3, 3), (5, 5), (2, 2), [(4, 4), (4, 5)]),
-    ((2, 3, 4), (2, 2, 2), (2, 2, 2), "VALID"),
-    ((3, 4, 2), (3, 2, 3), (2, 1, 3), "SAME"),
-    ((3, 3, 3), (3, 3, 3), (2, 2, 2), [(1, 1), (0, 2), (2, 0)]),
-    # Strides far larger than the kernel: most phases have no taps and their outputs are zero.
-    ((5,), (3,), (50,), "SAME"),
-    ((3, 4), (2, 3), (7, 5), [(1, 0), (0, 2)]),
-    ((2, 2, 3), (1, 2, 3), (5, 3, 9), "VALID"),
-]
+GRID = GEOMETRY_GRID + SPARSE_GRID
 
 
 @pytest.mark.parametrize("in_spatial,kernel,strides,padding", GRID)

@@ -17,7 +17,7 @@ import pytest
 
 from jaxseg import _jaxseg_cpu
 from gpu_plan import execute
-from reference import conv_transpose_ref, input_grad_ref, transpose_padding, weight_grad_ref
+from reference import GEOMETRY_GRID, conv_transpose_ref, input_grad_ref, transpose_padding, weight_grad_ref
 from tolerances import TF32_TOLERANCE, assert_close
 
 pytestmark = pytest.mark.cpu_only
@@ -88,26 +88,7 @@ def check_pass(rng, pass_name, in_spatial, kernel, strides, padding, *, dilation
   return report
 
 
-# (in_spatial, kernel, strides, padding), as tests/test_conformance.py's grid: odd sizes, kernels smaller than,
-# equal to and larger than the stride, strides 1-4 and mixed per axis, every padding form, 1-D to 3-D.
-GRID = [
-    ((7,), (4,), (2,), "SAME"),
-    ((7,), (3,), (2,), "VALID"),
-    ((9,), (1,), (3,), "SAME"),
-    ((9,), (2,), (4,), "VALID"),
-    ((8,), (5,), (1,), [(2, 1)]),
-    ((6,), (16,), (8,), [(11, 11)]),
-    ((5,), (2,), (2,), [(2, 0)]),
-    ((5, 7), (4, 4), (2, 2), "SAME"),
-    ((5, 7), (3, 3), (2, 2), "VALID"),
-    ((6, 5), (3, 2), (2, 3), [(1, 2), (0, 1)]),
-    ((5, 5), (3, 3), (2, 2), [(-1, 2), (3, -2)]),
-    ((4, 6), (1, 3), (3, 1), [(0, 0), (2, 2)]),
-    ((3, 3), (5, 5), (2, 2), [(4, 4), (4, 5)]),
-    ((2, 3, 4), (2, 2, 2), (2, 2, 2), "VALID"),
-    ((3, 4, 2), (3, 2, 3), (2, 1, 3), "SAME"),
-    ((3, 3, 3), (3, 3, 3), (2, 2, 2), [(1, 1), (0, 2), (2, 0)]),
-]
+GRID = GEOMETRY_GRID
 
 PASSES = ("forward", "input_grad", "weight_grad")
 
