@@ -1,8 +1,11 @@
 """EB-GAN (Zhao, Mathieu and LeCun, arXiv 1609.03126) for 28x28 MNIST in Flax NNX.
 
-The discriminator is an auto-encoder whose reconstruction error is the energy: low on data, pushed above a
-margin on samples. Both upsampling paths (the generator and the auto-encoder's decoder) use transposed
-convolutions: `conv_transpose_cls` picks flax's or jaxseg's class, which take the same arguments.
+The discriminator is an auto-encoder whose reconstruction error is the energy: low on data, pushed up to a margin on
+samples. The layers are those of the widely used MNIST EB-GAN reproductions (the generator is InfoGAN's, Chen et al.
+arXiv 1606.03657; the auto-encoder a one-layer convolutional encoder with a 32-dimensional code): in their notation
+G = FC1024_BR-FC7x7x128_BR-(64)4dc2s_BR-(1)4dc2s_T and D = (64)4c2s_R-FC32-FC64x14x14_BR-(1)4dc2s (BR: batch norm
+then ReLU; T: tanh). Both upsampling paths (the generator's and the decoder's) use transposed convolutions:
+`conv_transpose_cls` is flax's, jaxseg's or the naive class, which take the same arguments.
 """
 
 from __future__ import annotations
@@ -26,50 +29,54 @@ def upsample(conv_transpose_cls, c_in, c_out, rngs):
   return conv_transpose_cls(c_in, c_out, (4, 4), (2, 2), padding=jaxseg.torch_padding((4, 4), 1), rngs=rngs)
 
 
-class Upsampler(nnx.Module):
-  """features -> dense -> 7x7x128 -> 14x14x64 -> 28x28x1, tanh (batch norm and ReLU between): the generator,
-  and the decoder of the discriminator's auto-encoder."""
+def _bn(features, rngs):
+  return nnx.BatchNorm(features, momentum=0.9, rngs=rngs)
 
-  def __init__(self, in_features, conv_transpose_cls, *, rngs: nnx.Rngs):
-    self.fc = nnx.Linear(in_features, 7 * 7 * 128, rngs=rngs)
-    self.bn0 = nnx.BatchNorm(7 * 7 * 128, momentum=0.9, rngs=rngs)
+
+class Generator(nnx.Module):
+  """(B, 62) latents -> (B, 28, 28, 1) images in [-1, 1]: dense 1024 -> dense 7x7x128 -> 14x14x64 -> 28x28x1,
+  batch norm and ReLU after every layer but the last (tanh)."""
+
+  def __init__(self, conv_transpose_cls, *, rngs: nnx.Rngs):
+    self.fc1 = nnx.Linear(LATENT, 1024, rngs=rngs)
+    self.bn1 = _bn(1024, rngs)
+    self.fc2 = nnx.Linear(1024, 7 * 7 * 128, rngs=rngs)
+    self.bn2 = _bn(7 * 7 * 128, rngs)
     self.up1 = upsample(conv_transpose_cls, 128, 64, rngs)
-    self.bn1 = nnx.BatchNorm(64, momentum=0.9, rngs=rngs)
+    self.bn3 = _bn(64, rngs)
     self.up2 = upsample(conv_transpose_cls, 64, 1, rngs)
 
   def __call__(self, z):
-    h = nnx.relu(self.bn0(self.fc(z))).reshape(z.shape[0], 7, 7, 128)
-    h = nnx.relu(self.bn1(self.up1(h)))
+    h = nnx.relu(self.bn1(self.fc1(z)))
+    h = nnx.relu(self.bn2(self.fc2(h))).reshape(z.shape[0], 7, 7, 128)
+    h = nnx.relu(self.bn3(self.up1(h)))
     return jnp.tanh(self.up2(h))
 
 
-def Generator(conv_transpose_cls, *, rngs: nnx.Rngs) -> Upsampler:
-  """latent -> 28x28x1 image."""
-  return Upsampler(LATENT, conv_transpose_cls, rngs=rngs)
-
-
 class Discriminator(nnx.Module):
-  """Auto-encoder: strided-conv encoder to a code, the upsampling stack back to the image."""
+  """Auto-encoder: (B, 28, 28, 1) -> 14x14x64 -> the (B, 32) code -> 14x14x64 -> the reconstruction.
+
+  The code has neither batch norm nor an activation: the pulling-away term measures the angles between codes.
+  The reconstruction is linear (no tanh), so the energy of a sample can grow past any margin."""
 
   def __init__(self, conv_transpose_cls, *, rngs: nnx.Rngs):
-    self.conv1 = nnx.Conv(1, 64, (4, 4), (2, 2), padding=1, rngs=rngs)
-    self.conv2 = nnx.Conv(64, 128, (4, 4), (2, 2), padding=1, rngs=rngs)
-    self.bn2 = nnx.BatchNorm(128, momentum=0.9, rngs=rngs)
-    self.enc = nnx.Linear(7 * 7 * 128, CODE, rngs=rngs)
-    self.dec = Upsampler(CODE, conv_transpose_cls, rngs=rngs)
+    self.conv = nnx.Conv(1, 64, (4, 4), (2, 2), padding=1, rngs=rngs)
+    self.enc = nnx.Linear(14 * 14 * 64, CODE, rngs=rngs)
+    self.dec = nnx.Linear(CODE, 14 * 14 * 64, rngs=rngs)
+    self.bn = _bn(14 * 14 * 64, rngs)
+    self.up = upsample(conv_transpose_cls, 64, 1, rngs)
 
   def __call__(self, x):
-    """Returns (per-example energy, code)."""
-    h = nnx.leaky_relu(self.conv1(x), 0.2)
-    h = nnx.leaky_relu(self.bn2(self.conv2(h)), 0.2)
-    code = self.enc(h.reshape(x.shape[0], -1))
-    recon = self.dec(code)
+    """Returns (per-example energy (B,): mean squared reconstruction error per pixel, code (B, 32))."""
+    n = x.shape[0]
+    code = self.enc(nnx.relu(self.conv(x)).reshape(n, -1))
+    recon = self.up(nnx.relu(self.bn(self.dec(code))).reshape(n, 14, 14, 64))
     energy = jnp.mean((recon - x) ** 2, axis=(1, 2, 3))
     return energy, code
 
 
 def pulling_away(code):
-  """Mean squared cosine similarity between distinct codes of a batch (the PT regulariser)."""
+  """Mean squared cosine similarity between distinct codes of a batch (the PT regulariser, section 2.4)."""
   s = code / (jnp.linalg.norm(code, axis=1, keepdims=True) + 1e-8)
   sim = (s @ s.T) ** 2
   n = code.shape[0]
@@ -84,8 +91,7 @@ def d_loss(d: Discriminator, real, fake, margin):
   return loss, (jnp.mean(e_real), jnp.mean(e_fake))
 
 
-def g_loss(g: Generator, d: Discriminator, z, pt_weight):
-  """L_G = D(G(z)) + pt_weight * PT."""
-  fake = g(z)
+def g_loss(d: Discriminator, fake, pt_weight):
+  """L_G = D(G(z)) + pt_weight * PT, as a function of the samples G(z) (the caller carries it back through G)."""
   e_fake, code = d(fake)
-  return jnp.mean(e_fake) + pt_weight * pulling_away(code), fake
+  return jnp.mean(e_fake) + pt_weight * pulling_away(code), e_fake

