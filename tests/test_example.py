@@ -60,25 +60,25 @@ def test_train_eval_resume_and_devices(tmp_path, data):
   for key, tol in (("final_loss_d", 1e-5), ("final_loss_g", 1e-3)):
     assert abs(float(one[key]) - float(eight[key])) <= tol * abs(float(one[key])), (key, one, eight)
   assert "inception_score" not in eight
-  # Resuming continues from the checkpoint.
-  out = run("--steps", "2", "--batch-size", "16", "--resume", "--data", data, "--no-eval",
-            "--out", str(tmp_path / "one")).stdout
-  assert "resumed from step 1" in out and summary(out)["steps"] == "2"
-
-
-def test_naive_impl_and_log_lines(tmp_path, data):
-  # The naive transposed convolution computes what jaxseg's does: the same first losses from the same seed.
-  args = ("--steps", "3", "--batch-size", "16", "--data", data, "--no-eval", "--log-every", "2")
-  ours = summary(run(*args, "--out", str(tmp_path / "jaxseg")).stdout)
-  out = run(*args, "--impl", "naive", "--out", str(tmp_path / "naive"), quiet=False)
-  naive = summary(out.stdout)
-  assert naive["impl"] == "naive"
-  for key in ("final_loss_d", "final_loss_g"):
-    assert abs(float(ours[key]) - float(naive[key])) <= 1e-3 * abs(float(ours[key])), (key, ours, naive)
-  # Not on a terminal: plain progress lines every --log-every steps and at the end, no progress bar.
-  steps = re.findall(r"^ebgan\[naive\] step (\d+)/3 .*loss_d=", out.stdout, re.M)
+  # Resuming continues from the checkpoint. Not on a terminal, the progress is plain lines every --log-every steps
+  # and at the end, counted from where the run resumed, and no progress bar.
+  out = run("--steps", "3", "--batch-size", "16", "--resume", "--data", data, "--no-eval", "--log-every", "2",
+            "--out", str(tmp_path / "one"), quiet=False)
+  assert "resumed from step 1" in out.stdout and summary(out.stdout)["steps"] == "3"
+  steps = re.findall(r"^ebgan\[jaxseg\] step (\d+)/3 .*loss_d=", out.stdout, re.M)
   assert steps == ["2", "3"], out.stdout
   assert "\r" not in out.stdout + out.stderr
+
+
+def test_naive_impl(tmp_path, data):
+  # The naive transposed convolution computes what jaxseg's does: the same first losses from the same seed (bounds
+  # as for 8 devices above; later steps part further, as Adam's normalised steps amplify the rounding).
+  args = ("--steps", "1", "--batch-size", "16", "--data", data, "--no-eval")
+  ours = summary(run(*args, "--out", str(tmp_path / "jaxseg")).stdout)
+  naive = summary(run(*args, "--impl", "naive", "--out", str(tmp_path / "naive")).stdout)
+  assert naive["impl"] == "naive"
+  for key, tol in (("final_loss_d", 1e-5), ("final_loss_g", 1e-3)):
+    assert abs(float(ours[key]) - float(naive[key])) <= tol * abs(float(ours[key])), (key, ours, naive)
 
 
 def test_compare_steps(data):
@@ -95,3 +95,5 @@ def test_compare_seconds(tmp_path, data):
     row = re.search(rf"^{impl}\s+(\d+)\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)$", out, re.M)
     assert row and int(row[1]) >= 1 and 1.0 <= float(row[2]) <= 10.0, out
   assert (tmp_path / "compare.png").exists()
+  with np.load(tmp_path / "compare_samples.npz") as z:
+    assert sorted(z.files) == ["flax", "jaxseg"] and z["jaxseg"].shape == (64, 28, 28)

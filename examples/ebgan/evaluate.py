@@ -1,7 +1,7 @@
 """How good are the generated digits: an Inception-style score and a Frechet distance, on a small MNIST classifier.
 
 Both measures were defined on ImageNet's Inception network; for 28x28 digits the usual stand-in is a classifier
-trained on MNIST itself, here a small CNN trained in seconds on the labelled digits at hand (by default the
+trained on MNIST itself, here a small CNN trained in under a minute on the labelled digits at hand (by default the
 5,000-image subset, minus 1,000 held out). Its held-out accuracy says how far to trust it. The figures compare runs
 scored by this evaluator (same data, same seed), not numbers from papers.
 
@@ -51,11 +51,13 @@ class Classifier(nnx.Module):
     self.out = nnx.Linear(hidden, NUM_CLASSES, rngs=rngs)
 
   def features(self, x):
+    """The (B, hidden) penultimate activations: the feature space of the Frechet distance."""
     h = nnx.relu(self.conv1(x))
     h = nnx.relu(self.conv2(h))
     return nnx.relu(self.fc(h.reshape(x.shape[0], -1)))
 
   def __call__(self, x):
+    """(B, 10) logits."""
     return self.out(self.features(x))
 
 
