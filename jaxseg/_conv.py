@@ -119,7 +119,8 @@ def _transpose_padding(padding, in_spatial, kernel_spatial, strides, dilation, u
       raise ValueError(f"padding must be 'SAME', 'VALID' or (low, high) pairs with use_consistent_padding=True, "
                        f"got {padding!r}")
     if padding.upper() not in ("SAME", "VALID", "SAME_LOWER"):
-      raise ValueError(f"padding must be 'SAME', 'VALID' or a sequence of (low, high) pairs, got {padding!r}")
+      raise ValueError(f"padding must be 'SAME', 'VALID', a sequence of (low, high) pairs, or (at unit strides, "
+                       f"as in lax) 'same', 'valid' or 'SAME_LOWER', got {padding!r}")
     if any(s != 1 for s in strides):
       raise ValueError(f"padding {padding!r} (not exactly 'SAME' or 'VALID') is read as the padding type of the "
                        f"stride-1 convolution of the dilated input, which jax.lax.conv_transpose allows only with "
@@ -228,8 +229,9 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
     precision: as in `lax.conv_general_dilated` (None reads jax's `default_matmul_precision`). The CPU kernels
       always compute exactly in the accumulation type; on GPU, float32 operands are rounded to TF32 at
       None/DEFAULT/HIGH, as XLA's own GPU convolutions are, and keep float32 accuracy at HIGHEST.
-    preferred_element_type: None, or a floating dtype not narrower than the operands: the result dtype. 16-bit
-      operands accumulate in float32 either way.
+    preferred_element_type: None or the result dtype, as lax allows it: for floating operands a floating dtype not
+      narrower than the operands, for integer operands an integer or floating one. 16-bit operands accumulate
+      in float32 either way.
     use_consistent_padding: see `padding`.
     feature_group_count: G >= 1 (keyword only): G independent transposed convolutions side by side, each from
       C_in / G of the input features to C_out / G of the output features, group g reading and writing the g-th

@@ -56,6 +56,10 @@ class ConvTranspose(nn.ConvTranspose):
 
     The kernel then has shape `(k..., features / groups, in_features)`: a PyTorch weight `W` of shape
     `(in, out / groups, k...)` loads as `W.permute(2, ..., 1, 0)` (spatial axes first, then out, then in).
+
+    The number of spatial axes is `len(kernel_size)`: unlike PyTorch's `ConvTranspose2d(..., 4, ...)`, an int
+    `kernel_size` makes a 1-D layer, as in flax, so write `(4, 4)` for a 2-D one (a 1-D layer applied to an
+    image treats its rows as more batch).
     """
     return cls(features=features, **_layer.torch_module_args(kernel_size, stride, padding, output_padding,
                                                              dilation, groups), **kwargs)

@@ -446,7 +446,7 @@ def main(argv=None):
   args.impls = tuple(args.impls.split(","))
   args.passes = [PASS_ALIASES.get(name, name) for name in args.passes.split(",")]
   if bad := set(args.passes) - set(PASSES):
-    p.error(f"--passes: unknown pass {sorted(bad)} (choose from {', '.join(PASSES)})")
+    p.error(f"--passes: unknown pass {sorted(bad)} (choose from {', '.join(PASSES)}, or {', '.join(PASS_ALIASES)})")
   if bad := set(args.impls) - set(IMPLS):
     p.error(f"unknown implementation {sorted(bad)}")
   if args.repeats < 3:
