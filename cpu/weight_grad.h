@@ -136,7 +136,10 @@ inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const PixelRun
 // a chunk are packed once into pair panels, `a` (pixel pair, block row) for the block's row channels and `b`
 // (column tile, pixel pair, tile column) for all column channels, and every register tile is a product over them
 // (PairPanelTile). Consecutive pixels of the runs form the pairs, across runs too, so only the last pixel of the
-// chunk may be paired with zeros, in both panels. tap_sums holds the tap's (row tile, column tile) tiles.
+// chunk may be paired with zeros, in both panels. tap_sums holds the tap's (row tile, column tile) tiles. Only for
+// full-height tiles: with 1-4 row channels the packing costs more than the products it feeds (ebgan-celeba-g4's
+// weight gradient took twice as long as the widened float32 path, benchmarks/NOTES.md), so those take the
+// widened path.
 template <typename T, typename Acc, int R, int CV>
 void AccumulatePairs(typename Vec<Acc>::type* tap_sums, const std::vector<PixelRun>& runs, const WeightGradPlan& plan,
                      int64_t b0, int64_t row_tiles, int64_t col_tiles) {
@@ -272,7 +275,7 @@ void WeightGradTile(const WeightGradPlan& plan, int64_t item, int64_t worker) {
                                 (gn * call.OutSpatial() + o_flat) * call.out_ch, qe - qb});
       }
       if (runs.empty()) continue;
-      if constexpr (kPairs<T>) {
+      if constexpr (kPairs<T> && R == kWeightGradRows) {
         AccumulatePairs<T, Acc, R, CV>(sums + t * row_tiles * col_tiles * tile_vecs, runs, plan, b0, row_tiles,
                                        col_tiles);
       } else {
