@@ -359,6 +359,26 @@ def test_randomized(data):
            transpose_kernel=data.draw(st.booleans()), dtype=data.draw(st.sampled_from(DTYPES), label="dtype"))
 
 
+def _cpu_flags():
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+  except OSError:
+    return set()
+
+
+@pytest.mark.cpu_only
+@pytest.mark.skipif("JAXSEG_CPU_ISA" in os.environ, reason="a build is pinned")
+def test_bf16_build_where_the_cpu_has_it():
+  """The default build is the one with the bf16 dot product (vdpbf16ps) exactly where the CPU has AVX512-BF16."""
+  from jaxseg import _ext
+  flags = _cpu_flags()
+  if not flags:
+    pytest.skip("no /proc/cpuinfo flags")
+  has = {"avx512f", "avx512vl", "avx512bw", "avx512dq", "fma", "avx512_bf16"} <= flags
+  assert (_ext.cpu.selected_isa() == "avx512_bf16") == has
+
+
 @pytest.mark.cpu_only
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_other_instruction_sets(isa):
