@@ -24,7 +24,7 @@ def main():
     naive = {(r["layer"], r["pass"]): r for r in json.load(open(args.naive))["rows"]}
   m = res["machine"]
   print(f"{m['device']} ({m['cpu']}, {m['cores']} cores, kernels {m['isa']}), {res['config']['dtype']}, "
-        f"jax {res['versions']['jax']}, torch {res['versions']['torch']}; sgemm {res['matmul_gflops']:.0f} GFLOP/s\n")
+        f"jax {res['versions']['jax']}, torch {res['versions']['torch']}; {res['config']['dtype']} matmul {res['matmul_gflops']:.0f} GFLOP/s\n")
   print("| layer | pass | jaxseg ms | XLA ms | torch ms | GFLOP/s | x XLA | x torch | x naive | temp MiB ours/XLA |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for r in res["rows"]:

@@ -114,18 +114,22 @@ void ForwardItem(const ForwardPlan& plan, int64_t item) {
     NextPixel(d, phase.count, &n, q);
   }
   const int64_t ld = plan.weights.ld;
+  using P = PanelElement<T, Acc>;
   if (plan.form == ForwardForm::kNarrow) {
-    const Acc* wt = plan.weights.data<Acc>() + g * call.KernelSpatial() * call.out_ch * ld;
-    const int64_t* tk = tables.tap_k.data();
+    const P* wt = plan.weights.data<P>() + g * call.KernelSpatial() * call.out_ch * ld;
+    const auto narrow = [&](auto c) {
+      NarrowBlock<T, U, Acc, decltype(c)::value>(rows, taps, src.data(), tables.tap_k.data(), dst.data(), wt,
+                                                 call.in_ch, ld, zero);
+    };
     switch (call.out_ch) {
-      case 1: NarrowBlock<T, U, Acc, 1>(rows, taps, src.data(), tk, dst.data(), wt, call.in_ch, ld, zero); break;
-      case 2: NarrowBlock<T, U, Acc, 2>(rows, taps, src.data(), tk, dst.data(), wt, call.in_ch, ld, zero); break;
-      case 3: NarrowBlock<T, U, Acc, 3>(rows, taps, src.data(), tk, dst.data(), wt, call.in_ch, ld, zero); break;
-      default: NarrowBlock<T, U, Acc, 4>(rows, taps, src.data(), tk, dst.data(), wt, call.in_ch, ld, zero); break;
+      case 1: narrow(std::integral_constant<int, 1>{}); break;
+      case 2: narrow(std::integral_constant<int, 2>{}); break;
+      case 3: narrow(std::integral_constant<int, 3>{}); break;
+      default: narrow(std::integral_constant<int, 4>{}); break;
     }
     return;
   }
-  const Acc* w = plan.weights.data<Acc>() + g * call.KernelSpatial() * call.in_ch * ld;
+  const P* w = plan.weights.data<P>() + g * call.KernelSpatial() * PanelDepth<T>(call.in_ch) * ld;
   GatherGemmBlock<T, U, Acc>(rows, taps, src.data(), tables.tap_k.data(), dst.data(), w, call.in_ch, call.out_ch,
                              ld, zero);
 }
@@ -165,7 +169,7 @@ void ImageForwardItem(const ForwardPlan& plan, int64_t item) {
     src[j] = x + j * call.in_ch;
     dst[j] = z.data() + j * ldz;
   }
-  const Acc* w = plan.weights.data<Acc>() + g * call.in_ch * plan.weights.ld;
+  const auto* w = plan.weights.data<PanelElement<T, Acc>>() + g * PanelDepth<T>(call.in_ch) * plan.weights.ld;
   const int64_t tap0 = 0;
   const T* zero = static_cast<const T*>(plan.zeros.get());
   for (int64_t m0 = 0; m0 < in_pixels; m0 += kBlockRows) {
@@ -254,7 +258,10 @@ bool PrepareForward(ForwardPlan& plan, int64_t workers) {
   // Few output channels and enough input channels to fill the vectors: the dot-product form.
   const bool narrow = call.out_ch >= 1 && call.out_ch <= kNarrowMax && call.in_ch >= Vec<Acc>::kWidth;
   plan.form = narrow ? ForwardForm::kNarrow : ForwardForm::kTiles;
-  return PackPanels<T, Acc>(call, w, /*transpose=*/narrow, &plan.weights);
+  using P = PanelElement<T, Acc>;
+  if (narrow)
+    return PackPanels<T, P>(call, w, /*transpose=*/true, NarrowCols<T, Acc>(), /*pairs=*/false, &plan.weights);
+  return PackPanels<T, P>(call, w, /*transpose=*/false, Vec<Acc>::kCols, /*pairs=*/kPairs<T>, &plan.weights);
 }
 
 template <typename T, typename U, typename Acc>

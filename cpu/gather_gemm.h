@@ -2,9 +2,11 @@
 // destination pixels, dst[m] = sum over taps t of src(m, t) . W[t], where src(m, t) is the pixel row that tap t
 // reads for pixel m and W[t] a packed panel (cpu/packing.h). Where a tap meets padding the row is a zero row, and
 // that tap adds nothing to that pixel: not 0 * W[t], which is NaN where W[t] holds an infinity (XLA's convolution
-// never multiplies padding). Register tiles whose rows all read the input for a tap take the plain loop. Here: the per-thread gather tables, the register tile held across all taps, the grouping of a
-// block's rows by the taps they read, the block product with column tiles outermost, and its dot-product form for
-// layers with only a few output channels.
+// never multiplies padding). Register tiles whose rows all read the input for a tap take the plain loop. Here:
+// the per-thread gather tables, the register tile held across all taps, the grouping of a block's rows by the taps
+// they read, the block product with column tiles outermost, and its dot-product form for layers with only a few
+// output channels. bfloat16 operands in builds with the bf16 dot product take its micro-kernels (cpu/bf16_dot.h)
+// for each tap, with the same masking.
 //
 // Compiled once per instruction set, inside that build's namespace (see cpu/simd.h).
 #ifndef JAXSEG_CPU_GATHER_GEMM_H_
@@ -16,8 +18,10 @@
 #include <vector>
 
 #include "common/conv_shape.h"
+#include "cpu/bf16_dot.h"
 #include "cpu/buffer_cache.h"
 #include "cpu/numeric.h"
+#include "cpu/packing.h"
 #include "cpu/simd.h"
 
 namespace jaxseg::cpu::JAXSEG_ISA {
@@ -73,8 +77,8 @@ inline bool AllRows(uint32_t present, int nrows) { return present == (uint32_t{1
 // product: rare once GroupRowsByTaps has sorted the rows).
 template <typename T, typename Acc, int CV = kColVecs>
 inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][CV], const T* const* src, int64_t taps,
-                       int64_t r0, int nrows, const int64_t* tap_k, const Acc* __restrict w, int64_t tap_stride,
-                       int64_t depth, const T* zero) {
+                       int64_t r0, int nrows, const int64_t* tap_k, const PanelElement<T, Acc>* __restrict w,
+                       int64_t tap_stride, int64_t depth, const T* zero) {
   using V = typename Vec<Acc>::type;
   using M = typename Vec<Acc>::mask;
   constexpr int W = Vec<Acc>::kWidth;
@@ -84,8 +88,33 @@ inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][CV], const T* const
     const T* rows[kRows];
     const uint32_t present = TileRows<kRows>(src, taps, r0, nrows, t, zero, rows);
     if (!present) continue;
-    const Acc* b = w + tap_k[t] * tap_stride;  // the panel: depth rows of kcols, 64-byte aligned
-    if (AllRows(present, nrows)) {
+    const auto* b = w + tap_k[t] * tap_stride;  // the panel: depth rows of kcols, 64-byte aligned
+    if constexpr (kPairs<T>) {
+      if (AllRows(present, nrows)) {
+        PairTap<kRows, CV, false>(r, rows, b, depth, nullptr);
+      } else {
+        M keep[kRows];
+        for (int i = 0; i < kRows; ++i) keep[i] = LaneMask<Acc>((present >> i) & 1);
+        PairTap<kRows, CV, true>(r, rows, b, depth, keep);
+      }
+    } else {
+      if (AllRows(present, nrows)) {
+        for (int64_t p = 0; p < depth; ++p) {
+          V bv[CV];
+          const Acc* bp = b + p * kcols;
+#pragma GCC unroll 4
+          for (int c = 0; c < CV; ++c) bv[c] = *reinterpret_cast<const V*>(bp + c * W);
+#pragma GCC unroll 16
+          for (int i = 0; i < kRows; ++i) {
+            const Acc a = ToAcc<Acc>(rows[i][p]);
+#pragma GCC unroll 4
+            for (int c = 0; c < CV; ++c) r[i][c] += bv[c] * a;
+          }
+        }
+        continue;
+      }
+      M keep[kRows];
+      for (int i = 0; i < kRows; ++i) keep[i] = LaneMask<Acc>((present >> i) & 1);
       for (int64_t p = 0; p < depth; ++p) {
         V bv[CV];
         const Acc* bp = b + p * kcols;
@@ -95,23 +124,8 @@ inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][CV], const T* const
         for (int i = 0; i < kRows; ++i) {
           const Acc a = ToAcc<Acc>(rows[i][p]);
 #pragma GCC unroll 4
-          for (int c = 0; c < CV; ++c) r[i][c] += bv[c] * a;
+          for (int c = 0; c < CV; ++c) r[i][c] = keep[i] ? r[i][c] + bv[c] * a : r[i][c];
         }
-      }
-      continue;
-    }
-    M keep[kRows];
-    for (int i = 0; i < kRows; ++i) keep[i] = LaneMask<Acc>((present >> i) & 1);
-    for (int64_t p = 0; p < depth; ++p) {
-      V bv[CV];
-      const Acc* bp = b + p * kcols;
-#pragma GCC unroll 4
-      for (int c = 0; c < CV; ++c) bv[c] = *reinterpret_cast<const V*>(bp + c * W);
-#pragma GCC unroll 16
-      for (int i = 0; i < kRows; ++i) {
-        const Acc a = ToAcc<Acc>(rows[i][p]);
-#pragma GCC unroll 4
-        for (int c = 0; c < CV; ++c) r[i][c] = keep[i] ? r[i][c] + bv[c] * a : r[i][c];
       }
     }
   }
@@ -162,15 +176,16 @@ void GroupRowsByTaps(int64_t rows, int64_t taps, int64_t work_per_tap, const T* 
 // cache while every register tile of the block uses it.
 template <typename T, typename U, typename Acc, int CV = kColVecs>
 void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t* tap_k, U* const* dst,
-                     const Acc* w, int64_t depth, int64_t ncols, int64_t ld, const T* zero) {
+                     const PanelElement<T, Acc>* w, int64_t depth, int64_t ncols, int64_t ld, const T* zero) {
   using V = typename Vec<Acc>::type;
   const int64_t kcols = CV * Vec<Acc>::kWidth;
   GroupRowsByTaps(rows, taps, depth * ncols, src, dst, zero);
   // Tap t's panel for column tile c0 starts at w + (t * tiles + c0 / kcols) * depth * kcols (see PackPanels).
-  const int64_t tap_stride = ld * depth;
+  const int64_t panel_depth = PanelDepth<T>(depth);  // whole pairs where the panels hold pairs
+  const int64_t tap_stride = ld * panel_depth;
   for (int64_t c0 = 0; c0 < ncols; c0 += kcols) {
     const int cols = static_cast<int>(std::min<int64_t>(kcols, ncols - c0));
-    const Acc* wc = w + c0 * depth;
+    const auto* wc = w + c0 * panel_depth;
     for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
       const int nrows = static_cast<int>(std::min<int64_t>(kRows, rows - r0));
       V acc[kRows][CV];
@@ -185,16 +200,22 @@ void GatherGemmBlock(int64_t rows, int64_t taps, const T* const* src, const int6
 // The same block product for a layer with only a few output channels (C <= kNarrowMax): vectors run over the
 // depth (input channels) instead of the output channels, so no FMA is spent on padding columns; each
 // (pixel, output channel) sum is reduced across the vector at the end. `wt` holds the transposed panels
-// (tap, depth tile, C rows, kCols) that PackPanels(transpose) writes.
+// (tap, depth tile, C rows, NarrowCols) that PackPanels(transpose, row-major) writes.
 constexpr int kNarrowMax = 4;
 constexpr int kNarrowRows = 4;
 
+// Depth per tile of the narrow panels: a register tile of the accumulation type, or one vector of bf16 values.
+template <typename T, typename Acc>
+constexpr int64_t NarrowCols() {
+  return kPairs<T> ? kBf16PerVector : Vec<Acc>::kCols;
+}
+
 template <typename T, typename U, typename Acc, int C>
 void NarrowBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t* tap_k, U* const* dst,
-                 const Acc* wt, int64_t depth, int64_t ld, const T* zero) {
+                 const PanelElement<T, Acc>* wt, int64_t depth, int64_t ld, const T* zero) {
   using V = typename Vec<Acc>::type;
   constexpr int W = Vec<Acc>::kWidth;
-  constexpr int64_t kcols = Vec<Acc>::kCols;
+  constexpr int64_t kcols = NarrowCols<T, Acc>();
   const int64_t tiles = ld / kcols;
   const int64_t full = depth / kcols;  // depth tiles read as whole vectors; the rest element by element
   for (int64_t r0 = 0; r0 < rows; r0 += kNarrowRows) {
@@ -209,32 +230,39 @@ void NarrowBlock(int64_t rows, int64_t taps, const T* const* src, const int64_t*
       const bool all = AllRows(present, nrows);
       typename Vec<Acc>::mask keep[kNarrowRows];
       for (int i = 0; i < kNarrowRows; ++i) keep[i] = LaneMask<Acc>((present >> i) & 1);
-      const Acc* tap_panels = wt + tap_k[t] * tiles * C * kcols;
-      for (int64_t tile = 0; tile < full; ++tile) {
-        const Acc* panel = tap_panels + tile * C * kcols;
-        for (int v = 0; v < kColVecs; ++v) {
-          V xv[kNarrowRows];
-          for (int i = 0; i < kNarrowRows; ++i) xv[i] = LoadVector<T, Acc>(rp[i] + tile * kcols + v * W);
+      const auto* tap_panels = wt + tap_k[t] * tiles * C * kcols;
+      if constexpr (kPairs<T>) {
+        if (all)
+          PairNarrowTap<kNarrowRows, C, false>(acc, rp, tap_panels, depth, keep);
+        else
+          PairNarrowTap<kNarrowRows, C, true>(acc, rp, tap_panels, depth, keep);
+      } else {
+        for (int64_t tile = 0; tile < full; ++tile) {
+          const Acc* panel = tap_panels + tile * C * kcols;
+          for (int v = 0; v < kColVecs; ++v) {
+            V xv[kNarrowRows];
+            for (int i = 0; i < kNarrowRows; ++i) xv[i] = LoadVector<T, Acc>(rp[i] + tile * kcols + v * W);
 #pragma GCC unroll 4
-          for (int c = 0; c < C; ++c) {
-            const V wv = *reinterpret_cast<const V*>(panel + c * kcols + v * W);
-            if (all) {
+            for (int c = 0; c < C; ++c) {
+              const V wv = *reinterpret_cast<const V*>(panel + c * kcols + v * W);
+              if (all) {
 #pragma GCC unroll 4
-              for (int i = 0; i < kNarrowRows; ++i) acc[i][c] += xv[i] * wv;
-            } else {
+                for (int i = 0; i < kNarrowRows; ++i) acc[i][c] += xv[i] * wv;
+              } else {
 #pragma GCC unroll 4
-              for (int i = 0; i < kNarrowRows; ++i) acc[i][c] = keep[i] ? acc[i][c] + xv[i] * wv : acc[i][c];
+                for (int i = 0; i < kNarrowRows; ++i) acc[i][c] = keep[i] ? acc[i][c] + xv[i] * wv : acc[i][c];
+              }
             }
           }
         }
+        const Acc* panel = tap_panels + full * C * kcols;
+        for (int64_t p = full * kcols; p < depth; ++p)
+          for (int i = 0; i < kNarrowRows; ++i) {
+            if (!((present >> i) & 1)) continue;
+            const Acc xval = ToAcc<Acc>(rp[i][p]);
+            for (int c = 0; c < C; ++c) rest[i][c] += xval * panel[c * kcols + (p - full * kcols)];
+          }
       }
-      const Acc* panel = tap_panels + full * C * kcols;
-      for (int64_t p = full * kcols; p < depth; ++p)
-        for (int i = 0; i < kNarrowRows; ++i) {
-          if (!((present >> i) & 1)) continue;
-          const Acc xval = ToAcc<Acc>(rp[i][p]);
-          for (int c = 0; c < C; ++c) rest[i][c] += xval * panel[c * kcols + (p - full * kcols)];
-        }
     }
     for (int i = 0; i < nrows; ++i)
       for (int c = 0; c < C; ++c) {

@@ -32,11 +32,15 @@ const KernelSet& ChooseKernels() {
   const std::string w = want ? want : "";
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
-  const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("fma");
+  const bool has512_bf16 = has512 && __builtin_cpu_supports("avx512bf16");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (w == "generic") return generic::Kernels();
   if (w == "avx2" && has2) return avx2::Kernels();
-  if ((w.empty() || w == "avx512") && has512) return avx512::Kernels();
+  if ((w.empty() || w == "avx512_bf16") && has512_bf16) return avx512_bf16::Kernels();
+  if ((w.empty() || w == "avx512" || w == "avx512_bf16") && has512) return avx512::Kernels();
   if (has2 && w != "generic") return avx2::Kernels();
 #endif
   return generic::Kernels();

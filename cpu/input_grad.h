@@ -94,7 +94,8 @@ void RunInputGrad(const InputGradPlan& plan, int64_t item, int64_t /*worker*/) {
     }
     NextPixel(d, in_size, &n, j);
   }
-  const Acc* wt = plan.weights.data<Acc>() + g * taps * call.out_ch * plan.weights.ld;
+  const auto* wt =
+      plan.weights.data<PanelElement<T, Acc>>() + g * taps * PanelDepth<T>(call.out_ch) * plan.weights.ld;
   GatherGemmBlock<T, U, Acc>(rows, taps, tables.src.data(), tables.tap_k.data(), tables.dst.data(), wt,
                              call.out_ch, call.in_ch, plan.weights.ld, zero);
 }
@@ -145,7 +146,8 @@ bool PrepareInputGrad(InputGradPlan& plan, int64_t /*workers*/) {
     plan.tap_shift[t] = shift * call.out_ch;
   }
   plan.num_items = call.groups * ((call.batch * call.InSpatial() + kBlockRows - 1) / kBlockRows);
-  return PackPanels<T, Acc>(call, static_cast<const T*>(call.second), /*transpose=*/true, &plan.weights);
+  return PackPanels<T, PanelElement<T, Acc>>(call, static_cast<const T*>(call.second), /*transpose=*/true,
+                                             Vec<Acc>::kCols, /*pairs=*/kPairs<T>, &plan.weights);
 }
 
 }  // namespace

@@ -43,6 +43,9 @@ const KernelSet& Kernels();
 namespace avx512 {
 const KernelSet& Kernels();
 }
+namespace avx512_bf16 {
+const KernelSet& Kernels();
+}
 
 }  // namespace jaxseg::cpu
 

@@ -1,6 +1,9 @@
 // Weight packing of one kernel build, done once per call before any product: the kernel, in whichever layout it
-// is stored (common/conv_shape.h), converted to the accumulation type and laid out as contiguous panels of one
-// register tile of columns, which the products read row after row. Columns past the last are zero.
+// is stored (common/conv_shape.h), laid out as contiguous panels of one register tile of columns, which the
+// products read row after row. Columns past the last are zero. Panels hold the accumulation type, or, where the
+// build multiplies bfloat16 pairs (cpu/bf16_dot.h), the bf16 values themselves: pair panels interleave depth rows
+// 2p and 2p+1 in one 32-bit lane per column, the layout the dot-product instruction reads; an odd depth gets a
+// zero row to complete its last pair.
 //
 // Compiled once per instruction set, inside that build's namespace (see cpu/simd.h).
 #ifndef JAXSEG_CPU_PACKING_H_
@@ -8,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/conv_shape.h"
 #include "cpu/buffer_cache.h"
@@ -17,32 +21,57 @@
 namespace jaxseg::cpu::JAXSEG_ISA {
 namespace {
 
+// What the panels of operand type T hold: bf16 pairs where the build has the dot product for them, else the
+// accumulation type.
+template <typename T, typename Acc>
+using PanelElement = std::conditional_t<kPairs<T>, T, Acc>;
+
+// Depth rows of a panel: with pairs, whole pairs.
+template <typename T>
+constexpr int64_t PanelDepth(int64_t depth) {
+  return kPairs<T> ? RoundUp(depth, 2) : depth;
+}
+
+// Where element (depth r, column c) of a panel of kcols columns lies: row-major, or pair-interleaved.
+inline int64_t PanelOffset(int64_t r, int64_t c, int64_t kcols, bool pairs) {
+  return pairs ? ((r >> 1) * kcols + c) * 2 + (r & 1) : r * kcols + c;
+}
+
+template <typename P, typename T>
+inline P ToPanel(T v) {
+  if constexpr (std::is_same_v<P, T>) {
+    return v;
+  } else {
+    return ToAcc<P>(v);
+  }
+}
+
 struct PackedWeights {
   CachedBuffer buffer;  // taken from, and handed back to, the buffer cache
   int64_t ld = 0;       // columns per depth row, padded to whole tiles
 
-  template <typename Acc>
-  const Acc* data() const {
-    return static_cast<const Acc*>(buffer.get());
+  template <typename P>
+  const P* data() const {
+    return static_cast<const P*>(buffer.get());
   }
 };
 
-// Panels (tap, column tile, depth, kCols) of every group's taps. Without `transpose` the depth is the input
-// channels and the columns the output channels (the forward's W[k]); with it the reverse (W[k]^T: the input
-// gradient, and the forward's dot-product form). A panel is read row after row without the cache-set conflicts
-// that a power-of-two row stride would cause. False when memory runs out.
-template <typename T, typename Acc>
-bool PackPanels(const ConvShape& shape, const T* w, bool transpose, PackedWeights* out) {
-  const int64_t kcols = Vec<Acc>::kCols;
+// Panels (tap, column tile, depth, kcols) of every group's taps, row-major or pair-interleaved (`pairs`).
+// Without `transpose` the depth is the input channels and the columns the output channels (the forward's W[k]);
+// with it the reverse (W[k]^T: the input gradient, and the forward's dot-product form). A panel is read row after
+// row without the cache-set conflicts that a power-of-two row stride would cause. False when memory runs out.
+template <typename T, typename P>
+bool PackPanels(const ConvShape& shape, const T* w, bool transpose, int64_t kcols, bool pairs, PackedWeights* out) {
   const int64_t ksp = shape.KernelSpatial();
   const int64_t taps = shape.groups * ksp;
   const int64_t depth = transpose ? shape.out_ch : shape.in_ch;
+  const int64_t rows = pairs ? RoundUp(depth, 2) : depth;
   const int64_t cols = transpose ? shape.in_ch : shape.out_ch;
   out->ld = RoundUp(std::max<int64_t>(cols, 1), kcols);
   const int64_t tiles = out->ld / kcols;
-  out->buffer = AcquireBuffer(taps * depth * out->ld * static_cast<int64_t>(sizeof(Acc)));
+  out->buffer = AcquireBuffer(taps * rows * out->ld * static_cast<int64_t>(sizeof(P)));
   if (!out->buffer) return false;
-  Acc* dst = static_cast<Acc*>(out->buffer.get());
+  P* dst = static_cast<P*>(out->buffer.get());
   // Element (depth r, column c) of a tap is stored at r * r_step + c * c_step (see common/conv_shape.h).
   const auto stored = [&](int64_t r, int64_t c) {
     return transpose ? shape.StoredChannels(c, r) : shape.StoredChannels(r, c);
@@ -56,23 +85,26 @@ bool PackPanels(const ConvShape& shape, const T* w, bool transpose, PackedWeight
     // Canonical tap t of group t / ksp, wherever the kernel's layout stores it.
     const T* wt = w + ((t / ksp) * ksp + shape.StoredTap(t % ksp)) * shape.in_ch * shape.out_ch;
     for (int64_t tile = 0; tile < tiles; ++tile) {
-      Acc* panel = dst + (t * tiles + tile) * depth * kcols;
+      P* panel = dst + (t * tiles + tile) * rows * kcols;
       const int64_t c0 = tile * kcols;
       const int64_t valid = std::min(kcols, cols - c0);
+      // Element (r, c) of the panel: the kernel's, or zero past the last column or depth row.
+      const auto put = [&](int64_t r, int64_t c, const T* from) {
+        const bool inside = r < depth && c < valid;
+        panel[PanelOffset(r, c, kcols, pairs)] = inside ? ToPanel<P>(*from) : P{};
+      };
       if (c_step == 1) {
-        for (int64_t r = 0; r < depth; ++r) {
-          const T* from = wt + r * r_step + c0;
-          for (int64_t c = 0; c < valid; ++c) panel[r * kcols + c] = ToAcc<Acc>(from[c]);
-          for (int64_t c = valid; c < kcols; ++c) panel[r * kcols + c] = Acc(0);
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* from = wt + std::min(r, depth - 1) * r_step + c0;
+          for (int64_t c = 0; c < kcols; ++c) put(r, c, from + c);
         }
         continue;
       }
-      for (int64_t r0 = 0; r0 < depth; r0 += kSpan) {
-        const int64_t rn = std::min(kSpan, depth - r0);
+      for (int64_t r0 = 0; r0 < rows; r0 += kSpan) {
+        const int64_t rn = std::min(kSpan, rows - r0);
         for (int64_t c = 0; c < kcols; ++c) {
           const T* from = wt + r0 * r_step + (c0 + c) * c_step;
-          for (int64_t r = 0; r < rn; ++r)
-            panel[(r0 + r) * kcols + c] = c < valid ? ToAcc<Acc>(from[r * r_step]) : Acc(0);
+          for (int64_t r = 0; r < rn; ++r) put(r0 + r, c, from + r * r_step);
         }
       }
     }
@@ -81,27 +113,31 @@ bool PackPanels(const ConvShape& shape, const T* w, bool transpose, PackedWeight
 }
 
 // The forward's per-image form (ImageForwardItem in cpu/forward.h): panels (group, column tile, in_ch,
-// col_vecs vectors) whose columns are (tap, output channel) pairs, column k * out_ch + co holding W[k][:, co].
-// False when memory runs out.
+// col_vecs vectors of the accumulation type) whose columns are (tap, output channel) pairs, column k * out_ch +
+// co holding W[k][:, co]; the depth (in_ch) paired where the build multiplies pairs. False when memory runs out.
 template <typename T, typename Acc>
 bool PackTapColumns(const ConvShape& shape, const T* w, int col_vecs, PackedWeights* out) {
+  using P = PanelElement<T, Acc>;
   const int64_t kcols = col_vecs * Vec<Acc>::kWidth;
   const int64_t ksp = shape.KernelSpatial();
   const int64_t cols = ksp * shape.out_ch;
+  const int64_t rows = PanelDepth<T>(shape.in_ch);
   out->ld = RoundUp(cols, kcols);
   const int64_t tiles = out->ld / kcols;
-  out->buffer = AcquireBuffer(shape.groups * shape.in_ch * out->ld * static_cast<int64_t>(sizeof(Acc)));
+  out->buffer = AcquireBuffer(shape.groups * rows * out->ld * static_cast<int64_t>(sizeof(P)));
   if (!out->buffer) return false;
-  Acc* dst = static_cast<Acc*>(out->buffer.get());
+  P* dst = static_cast<P*>(out->buffer.get());
   for (int64_t g = 0; g < shape.groups; ++g)
     for (int64_t tile = 0; tile < tiles; ++tile) {
-      Acc* panel = dst + (g * tiles + tile) * shape.in_ch * kcols;
+      P* panel = dst + (g * tiles + tile) * rows * kcols;
       for (int64_t c = 0; c < kcols; ++c) {
         const int64_t col = tile * kcols + c;
         const int64_t k = col / shape.out_ch, co = col % shape.out_ch;
         const T* wk = w + (g * ksp + shape.StoredTap(k)) * shape.in_ch * shape.out_ch;
-        for (int64_t ci = 0; ci < shape.in_ch; ++ci)
-          panel[ci * kcols + c] = col < cols ? ToAcc<Acc>(wk[shape.StoredChannels(ci, co)]) : Acc(0);
+        for (int64_t ci = 0; ci < rows; ++ci) {
+          const bool inside = col < cols && ci < shape.in_ch;
+          panel[PanelOffset(ci, c, kcols, kPairs<T>)] = inside ? ToPanel<P>(wk[shape.StoredChannels(ci, co)]) : P{};
+        }
       }
     }
   return true;

@@ -3,8 +3,8 @@
 // registers), loads at any address, stores of a tile to its rows, and the sum of a vector's lanes.
 //
 // Compiled once per instruction set: the including cpu/kernels_<isa>.cc defines JAXSEG_ISA (the namespace) and
-// the tile JAXSEG_ROWS x JAXSEG_COL_VECS (and optionally JAXSEG_WIDE_COL_VECS), and is built with the instruction
-// set's flags.
+// the tile JAXSEG_ROWS x JAXSEG_COL_VECS (optionally JAXSEG_WIDE_COL_VECS, and JAXSEG_BF16_DOT where the build has
+// the bf16 dot product), and is built with the instruction set's flags.
 #ifndef JAXSEG_CPU_SIMD_H_
 #define JAXSEG_CPU_SIMD_H_
 
@@ -31,6 +31,16 @@ constexpr int kColVecs = JAXSEG_COL_VECS;
 #endif
 constexpr int kWideColVecs = JAXSEG_WIDE_COL_VECS;
 
+// Builds with the bf16 dot-product instruction (JAXSEG_BF16_DOT) multiply bfloat16 operands as pairs, accumulating
+// in float32 (cpu/bf16_dot.h), instead of widening each element to float32 for an FMA.
+#ifdef JAXSEG_BF16_DOT
+constexpr bool kBf16Dot = true;
+#else
+constexpr bool kBf16Dot = false;
+#endif
+template <typename T>
+constexpr bool kPairs = kBf16Dot && std::is_same_v<T, bf16_t>;
+
 typedef float VecF32 __attribute__((vector_size(64)));
 typedef double VecF64 __attribute__((vector_size(64)));
 // The same vectors at any element address (loads compile to unaligned moves). Not usable as template arguments,
@@ -55,7 +65,7 @@ inline typename Vec<Acc>::mask LaneMask(bool on) {
   return typename Vec<Acc>::mask{} - static_cast<int>(on);
 }
 
-inline int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+constexpr int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
 template <typename Acc>
 inline typename Vec<Acc>::type LoadUnaligned(const Acc* p) {

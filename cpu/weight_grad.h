@@ -18,6 +18,7 @@
 
 #include "common/conv_shape.h"
 #include "common/phase_geometry.h"
+#include "cpu/bf16_dot.h"
 #include "cpu/buffer_cache.h"
 #include "cpu/numeric.h"
 #include "cpu/pixel_index.h"
@@ -131,6 +132,72 @@ inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const PixelRun
     for (int c = 0; c < CV; ++c) acc[i][c] = r[i][c];
 }
 
+// The same for bf16 operands in builds with the bf16 dot product, whose depth here is the pixels: one tap's runs of
+// a chunk are packed once into pair panels, `a` (pixel pair, block row) for the block's row channels and `b`
+// (column tile, pixel pair, tile column) for all column channels, and every register tile is a product over them
+// (PairPanelTile). Consecutive pixels of the runs form the pairs, across runs too, so only the last pixel of the
+// chunk may be paired with zeros, in both panels. tap_sums holds the tap's (row tile, column tile) tiles. Only for
+// full-height tiles: with 1-4 row channels the packing costs more than the products it feeds (ebgan-celeba-g4's
+// weight gradient took twice as long as the widened float32 path, benchmarks/NOTES.md), so those take the
+// widened path.
+template <typename T, typename Acc, int R, int CV>
+void AccumulatePairs(typename Vec<Acc>::type* tap_sums, const std::vector<PixelRun>& runs, const WeightGradPlan& plan,
+                     int64_t b0, int64_t row_tiles, int64_t col_tiles) {
+  using V = typename Vec<Acc>::type;
+  constexpr int64_t kTileCols = CV * Vec<Acc>::kWidth;  // one 32-bit pair per column
+  const ConvCall& call = plan.call;
+  const int64_t row_ch = plan.rows_from_x ? call.in_ch : call.out_ch;
+  const int64_t col_ch = plan.rows_from_x ? call.out_ch : call.in_ch;
+  const int64_t block_rows = std::min(row_tiles * R, row_ch - b0);
+  const int64_t x_step = call.in_ch, y_grad_step = call.axes.back().stride * call.out_ch;
+  const T* x = static_cast<const T*>(call.first);
+  const T* y_grad = static_cast<const T*>(call.second);
+
+  // The chunk's pixels in order: where their row channels and their column channels start.
+  thread_local std::vector<const T*> a_px, b_px;
+  a_px.clear();
+  b_px.clear();
+  for (const PixelRun& run : runs)
+    for (int64_t p = 0; p < run.count; ++p) {
+      const T* xp = x + run.x_off + p * x_step;
+      const T* yp = y_grad + run.y_grad_off + p * y_grad_step;
+      a_px.push_back((plan.rows_from_x ? xp : yp) + b0);
+      b_px.push_back(plan.rows_from_x ? yp : xp);
+    }
+  const int64_t pixels = static_cast<int64_t>(a_px.size());
+  const int64_t pairs = (pixels + 1) / 2;
+  const auto partner = [&](const std::vector<const T*>& px, int64_t j) {
+    return 2 * j + 1 < pixels ? px[2 * j + 1] : nullptr;
+  };
+
+  // Panels in 64-byte lines (uint32 pairs), kept per thread.
+  struct alignas(64) Line {
+    uint32_t v[16];
+  };
+  const int64_t lda = row_tiles * R;
+  thread_local std::vector<Line> a_lines, b_lines;
+  a_lines.resize((pairs * lda + 15) / 16);
+  b_lines.resize(col_tiles * pairs * kTileCols / 16);
+  uint32_t* a = a_lines.data()->v;
+  uint32_t* b = b_lines.data()->v;
+  for (int64_t j = 0; j < pairs; ++j) InterleavePairs(a + j * lda, a_px[2 * j], partner(a_px, j), block_rows, lda);
+  for (int64_t ct = 0; ct < col_tiles; ++ct) {
+    const int64_t c0 = ct * kTileCols;
+    const int64_t ncols = std::min(kTileCols, col_ch - c0);
+    uint32_t* bt = b + ct * pairs * kTileCols;
+    for (int64_t j = 0; j < pairs; ++j) {
+      const T* hi = partner(b_px, j);
+      InterleavePairs(bt + j * kTileCols, b_px[2 * j] + c0, hi ? hi + c0 : nullptr, ncols, kTileCols);
+    }
+  }
+  constexpr int64_t kTileVecs = R * CV;
+  for (int64_t ct = 0; ct < col_tiles; ++ct)
+    for (int64_t rt = 0; rt < row_tiles; ++rt) {
+      V(&acc)[R][CV] = *reinterpret_cast<V(*)[R][CV]>(tap_sums + (rt * col_tiles + ct) * kTileVecs);
+      PairPanelTile<R, CV>(acc, a + rt * R, lda, b + ct * pairs * kTileCols, pairs);
+    }
+}
+
 template <typename T, typename U, typename Acc, int R, int CV>
 void WeightGradTile(const WeightGradPlan& plan, int64_t item, int64_t worker) {
   using V = typename Vec<Acc>::type;
@@ -208,24 +275,29 @@ void WeightGradTile(const WeightGradPlan& plan, int64_t item, int64_t worker) {
                                 (gn * call.OutSpatial() + o_flat) * call.out_ch, qe - qb});
       }
       if (runs.empty()) continue;
-      for (int64_t rt = 0; rt < row_tiles; ++rt) {
-        const int64_t r0 = b0 + rt * R;
-        const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
-        const T* x = static_cast<const T*>(call.first) + (rows_from_x ? r0 : 0);
-        const T* y_grad = static_cast<const T*>(call.second) + (rows_from_x ? 0 : r0);
-        for (int64_t ct = 0; ct < col_tiles; ++ct) {
-          const int64_t c0 = ct * kTileCols;
-          const int ncols = static_cast<int>(std::min<int64_t>(kTileCols, col_ch - c0));
-          V(&acc)[R][CV] =
-              *reinterpret_cast<V(*)[R][CV]>(&sums[((t * row_tiles + rt) * col_tiles + ct) * tile_vecs]);
-          const T* xc = rows_from_x ? x : x + c0;
-          const T* yc = rows_from_x ? y_grad + c0 : y_grad;
-          if (nrows == R)
-            AccumulateRuns<T, Acc, R, CV, true>(acc, runs.data(), runs.data() + runs.size(), rows_from_x, xc, yc,
-                                                b_end, x_step, y_grad_step, nrows, ncols);
-          else
-            AccumulateRuns<T, Acc, R, CV, false>(acc, runs.data(), runs.data() + runs.size(), rows_from_x, xc,
-                                                 yc, b_end, x_step, y_grad_step, nrows, ncols);
+      if constexpr (kPairs<T> && R == kWeightGradRows) {
+        AccumulatePairs<T, Acc, R, CV>(sums + t * row_tiles * col_tiles * tile_vecs, runs, plan, b0, row_tiles,
+                                       col_tiles);
+      } else {
+        for (int64_t rt = 0; rt < row_tiles; ++rt) {
+          const int64_t r0 = b0 + rt * R;
+          const int nrows = static_cast<int>(std::min<int64_t>(R, row_ch - r0));
+          const T* x = static_cast<const T*>(call.first) + (rows_from_x ? r0 : 0);
+          const T* y_grad = static_cast<const T*>(call.second) + (rows_from_x ? 0 : r0);
+          for (int64_t ct = 0; ct < col_tiles; ++ct) {
+            const int64_t c0 = ct * kTileCols;
+            const int ncols = static_cast<int>(std::min<int64_t>(kTileCols, col_ch - c0));
+            V(&acc)[R][CV] =
+                *reinterpret_cast<V(*)[R][CV]>(&sums[((t * row_tiles + rt) * col_tiles + ct) * tile_vecs]);
+            const T* xc = rows_from_x ? x : x + c0;
+            const T* yc = rows_from_x ? y_grad + c0 : y_grad;
+            if (nrows == R)
+              AccumulateRuns<T, Acc, R, CV, true>(acc, runs.data(), runs.data() + runs.size(), rows_from_x, xc, yc,
+                                                  b_end, x_step, y_grad_step, nrows, ncols);
+            else
+              AccumulateRuns<T, Acc, R, CV, false>(acc, runs.data(), runs.data() + runs.size(), rows_from_x, xc,
+                                                   yc, b_end, x_step, y_grad_step, nrows, ncols);
+          }
         }
       }
     }

@@ -126,16 +126,17 @@ def test_wide_channels_and_tiles(rng):
     ((2, 5, 6, 8), (3, 2, 8, 5), (8, 7), "SAME"),
     ((2, 4, 6), (3, 6, 4), (200,), [(1, 1)]),
 ])
-def test_wide_channels_gradients(rng, lhs_shape, rhs_shape, strides, padding):
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16], ids=lambda d: np.dtype(d).name)
+def test_wide_channels_gradients(rng, lhs_shape, rhs_shape, strides, padding, dtype):
   """Forward and gradients where the column tiles are partial: the weight gradient reads a partial tile as whole
   vectors wherever that stays inside the array (the extra lanes are never stored), element by element at its
-  end."""
-  x = rng.standard_normal(lhs_shape).astype(np.float32)
-  w = rng.standard_normal(rhs_shape).astype(np.float32)
+  end. In bfloat16, odd depths complete their last pair with zeros (builds with the bf16 dot product)."""
+  x = jnp.asarray(rng.standard_normal(lhs_shape), dtype)
+  w = jnp.asarray(rng.standard_normal(rhs_shape), dtype)
   kw = dict(strides=strides, padding=padding)
-  ct = rng.standard_normal(jaxseg.conv_transpose(x, w, **kw).shape).astype(np.float32)
+  ct = jnp.asarray(rng.standard_normal(jaxseg.conv_transpose(x, w, **kw).shape), dtype)
   out, vjp = jax.vjp(lambda x, w: jaxseg.conv_transpose(x, w, **kw), x, w)
-  got = [out, *vjp(jnp.asarray(ct))]
+  got = [out, *vjp(ct)]
   with x64():
     out64, vjp64 = jax.vjp(lambda x, w: lax.conv_transpose(x, w, **kw), np.asarray(x, np.float64),
                            np.asarray(w, np.float64))
@@ -149,14 +150,15 @@ def test_wide_channels_gradients(rng, lhs_shape, rhs_shape, strides, padding):
     ((5, 4001, 64), (6, 64, 3), (1,)),  # 1-D: a line is an image, so at most `batch` parts
     ((2, 6, 6, 256), (3, 3, 256, 24), (2, 2)),  # enough blocks of dW for every thread: no split
 ])
-def test_weight_gradient_parts(rng, lhs_shape, rhs_shape, strides):
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16], ids=lambda d: np.dtype(d).name)
+def test_weight_gradient_parts(rng, lhs_shape, rhs_shape, strides, dtype):
   """The weight gradient splits its blocks over ranges of pixels when there are fewer than threads (stride 1: one
   phase, one block); the part that ends last sums the parts in a fixed order, so repeated runs agree bit for
   bit."""
-  x = jnp.asarray(rng.standard_normal(lhs_shape), jnp.float32)
-  w = jnp.asarray(rng.standard_normal(rhs_shape), jnp.float32)
+  x = jnp.asarray(rng.standard_normal(lhs_shape), dtype)
+  w = jnp.asarray(rng.standard_normal(rhs_shape), dtype)
   kw = dict(strides=strides, padding="SAME")
-  ct = jnp.asarray(rng.standard_normal(jaxseg.conv_transpose(x, w, **kw).shape), jnp.float32)
+  ct = jnp.asarray(rng.standard_normal(jaxseg.conv_transpose(x, w, **kw).shape), dtype)
   dw = jax.jit(lambda x, w, ct: jax.vjp(lambda w: jaxseg.conv_transpose(x, w, **kw), w)[1](ct)[0])
   got = np.asarray(dw(x, w, ct))
   with x64():
@@ -357,10 +359,31 @@ def test_randomized(data):
            transpose_kernel=data.draw(st.booleans()), dtype=data.draw(st.sampled_from(DTYPES), label="dtype"))
 
 
+def _cpu_flags():
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+  except OSError:
+    return set()
+
+
 @pytest.mark.cpu_only
-@pytest.mark.parametrize("isa", ["generic", "avx2"])
+@pytest.mark.skipif("JAXSEG_CPU_ISA" in os.environ, reason="a build is pinned")
+def test_bf16_build_where_the_cpu_has_it():
+  """The default build is the one with the bf16 dot product (vdpbf16ps) exactly where the CPU has AVX512-BF16."""
+  from jaxseg import _ext
+  flags = _cpu_flags()
+  if not flags:
+    pytest.skip("no /proc/cpuinfo flags")
+  has = {"avx512f", "avx512vl", "avx512bw", "avx512dq", "fma", "avx512_bf16"} <= flags
+  assert (_ext.cpu.selected_isa() == "avx512_bf16") == has
+
+
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_other_instruction_sets(isa):
-  """The portable and AVX2 builds of the kernels (the widest the CPU runs is the default)."""
+  """The portable, AVX2 and AVX-512 builds of the kernels (the widest the CPU runs is the default; AVX-512
+  without the bf16 dot product is the bfloat16 fallback of CPUs without AVX512-BF16)."""
   code = textwrap.dedent("""
       import jax, numpy as np, jax.numpy as jnp
       from jax import lax
@@ -390,5 +413,8 @@ def test_other_instruction_sets(isa):
                        cwd=os.path.dirname(os.path.abspath(__file__)))
   assert out.returncode == 0, out.stderr[-3000:]
   from jaxseg import _ext
-  expected = isa if isa == "generic" or _ext.cpu.selected_isa() in ("avx2", "avx512") else "generic"
+  # A build the CPU cannot run falls back to the widest one it can.
+  order = ["generic", "avx2", "avx512", "avx512_bf16"]
+  default = _ext.cpu.selected_isa()
+  expected = isa if order.index(isa) <= order.index(default) else default
   assert out.stdout.strip().splitlines()[-1] == expected

@@ -1,10 +1,11 @@
 """Inf and NaN: every pass sums over the (input, tap, output) triples the transposed convolution links and over
 nothing else, so a tap that falls outside the input contributes nothing, not `0 * inf`. Every pass, 1-D/2-D/3-D,
-both kernel orientations, non-finite values in each operand, against an independent float64 reference of exactly
-that (tests/reference.py), and the forward also against lax, which agrees where some stride exceeds 1. (At
-stride 1 on every axis lax's CPU forward is a plain convolution that multiplies padding zeros by the kernel and
-gives NaN beside an infinite weight where ours gives the linked sum; lax's own gradients on the CPU can likewise
-give NaN where XLA's strided convolution multiplies a padding zero by an infinity; ours do not.)"""
+both kernel orientations, float32 and bfloat16 (whose CPU micro-kernels multiply pairs with the bf16 dot product
+where the CPU has it, and mask the same rows), non-finite values in each operand, against an independent float64
+reference of exactly that (tests/reference.py), and the forward also against lax, which agrees where some stride
+exceeds 1. (At stride 1 on every axis lax's CPU forward is a plain convolution that multiplies padding zeros by
+the kernel and gives NaN beside an infinite weight where ours gives the linked sum; lax's own CPU gradients can
+likewise give NaN where XLA's strided convolution multiplies a padding zero by an infinity; ours do not.)"""
 
 import jax
 import jax.numpy as jnp
@@ -28,15 +29,14 @@ def _poison(rng, shape, fraction=0.15):
   return v
 
 
-def _assert_same_nonfinite(got, want, what):
+def _assert_same_nonfinite(got, want, what, dtype=np.float32):
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
   assert got.shape == want.shape, what
   np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN pattern of {what}")
   np.testing.assert_array_equal(np.where(np.isinf(want), want, 0), np.where(np.isinf(got), got, 0),
                                 err_msg=f"infinities of {what}")
   finite = np.isfinite(want)
-  assert_close(np.where(finite, got, 0).astype(np.float32), np.where(finite, want, 0), np.float32,
-               err_msg=f"finite values of {what}")
+  assert_close(np.where(finite, got, 0), np.where(finite, want, 0), dtype, err_msg=f"finite values of {what}")
 
 
 @pytest.mark.parametrize("x_shape,w_shape,strides,padding", [
@@ -53,8 +53,9 @@ def _assert_same_nonfinite(got, want, what):
 ])
 @pytest.mark.parametrize("poisoned", ["kernel", "input", "cotangent"])
 @pytest.mark.parametrize("transpose_kernel", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16], ids=lambda d: np.dtype(d).name)
 def test_nonfinite_propagation(request, platform, rng, x_shape, w_shape, strides, padding, poisoned,
-                               transpose_kernel):
+                               transpose_kernel, dtype):
   if platform == "gpu" and poisoned == "kernel" and x_shape[-1] % 4 == 0 and w_shape[-1] % 4 == 0:
     # The CUDA tensor-core path (channels in whole 16-byte vectors) multiplies the zeros of a tap that meets
     # padding by the kernel, as cuDNN's implicit GEMMs do: an infinite weight gives NaN on such border rows of
@@ -67,13 +68,13 @@ def test_nonfinite_propagation(request, platform, rng, x_shape, w_shape, strides
   w = _poison(rng, w_shape) if poisoned == "kernel" else rng.standard_normal(w_shape)
   y_shape = jax.eval_shape(lambda x, w: lax.conv_transpose(x, w, **kw), x, w).shape
   ct = _poison(rng, y_shape) if poisoned == "cotangent" else rng.standard_normal(y_shape)
-  x, w, ct = (np.asarray(v, np.float32) for v in (x, w, ct))
+  x, w, ct = (jnp.asarray(v, dtype) for v in (x, w, ct))
   y, vjp = jax.vjp(lambda x, w: jaxseg.conv_transpose(x, w, **kw), x, w)
   got = [y, *vjp(ct)]
   with x64():
     x, w, ct = (np.asarray(v, np.float64) for v in (x, w, ct))
     if max(strides) > 1:
-      _assert_same_nonfinite(got[0], lax.conv_transpose(x, w, **kw), "forward against lax")
+      _assert_same_nonfinite(got[0], lax.conv_transpose(x, w, **kw), "forward against lax", dtype)
   n = len(strides)
   dn = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}[n]
   xc, wc = to_canonical(x, w, dn, transpose_kernel)
@@ -83,4 +84,4 @@ def test_nonfinite_propagation(request, platform, rng, x_shape, w_shape, strides
   if transpose_kernel:  # the weight gradient in the kernel's own (flipped) layout
     dw = np.swapaxes(np.flip(dw, axis=tuple(range(n))), -1, -2)
   for g, w_, what in zip(got, (y, dx, dw), ("forward", "input_grad", "weight_grad")):
-    _assert_same_nonfinite(g, w_, what)
+    _assert_same_nonfinite(g, w_, what, dtype)
