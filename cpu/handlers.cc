@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -125,6 +126,14 @@ auto Binding() { return BindConvTranspose<ffi::ThreadPool>(); }
 }  // namespace
 
 const char* SelectedIsa() { return ChooseKernels().isa; }
+
+std::vector<std::string> KernelBuilds() {
+  std::vector<std::string> names{generic::Kernels().isa};
+#if defined(__x86_64__) || defined(_M_X64)
+  for (const KernelSet* k : {&avx2::Kernels(), &avx512::Kernels(), &avx512_bf16::Kernels()}) names.push_back(k->isa);
+#endif
+  return names;
+}
 
 }  // namespace jaxseg::cpu
 

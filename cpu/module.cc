@@ -62,6 +62,7 @@ NB_MODULE(_jaxseg_cpu, m) {
   m.def("clear_buffer_cache", &jaxseg::cpu::ClearBufferCache, "Frees the packed-weight buffers kept between calls.");
   m.def("buffer_cache_bytes", &jaxseg::cpu::BufferCacheBytes);
   m.def("selected_isa", []() { return std::string(jaxseg::cpu::SelectedIsa()); });
+  m.def("kernel_builds", &jaxseg::cpu::KernelBuilds);
   m.def("effective_kernel_size", &jaxseg::EffectiveKernelSize, nb::arg("kernel"), nb::arg("dilation"));
   m.def("output_size", &jaxseg::OutputSize, nb::arg("in_size"), nb::arg("kernel"), nb::arg("stride"),
         nb::arg("dilation"), nb::arg("pad_lo"), nb::arg("pad_hi"));

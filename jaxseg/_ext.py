@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import warnings
 
@@ -30,6 +31,15 @@ if cpu is None:
       "source tree: `pip install -e .`, which needs a C++17 compiler and cmake), or it was built for another Python "
       "version (reinstall it with this one), or a non-editable install (`pip install .`) is hidden by the source "
       "folder, which Python puts first on sys.path when run from the repository root (there, install with -e).")
+# JAXSEG_CPU_ISA pins a kernel build (tests, benchmarks): a name that is none is an error, not a silent default.
+_pinned = os.environ.get("JAXSEG_CPU_ISA")
+if _pinned:
+  if _pinned not in cpu.kernel_builds():
+    raise ValueError(f"JAXSEG_CPU_ISA={_pinned!r} names no kernel build of jaxseg; choose one of "
+                     f"{', '.join(cpu.kernel_builds())} or unset it (the widest build this CPU runs)")
+  if cpu.selected_isa() != _pinned:
+    warnings.warn(f"JAXSEG_CPU_ISA={_pinned!r}: this CPU cannot run that build; using {cpu.selected_isa()!r}",
+                  RuntimeWarning, stacklevel=2)
 try:
   cuda = _load("_jaxseg_cuda")  # built when a CUDA compiler was found
 except ImportError as e:

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -418,3 +419,18 @@ def test_other_instruction_sets(isa):
   default = _ext.cpu.selected_isa()
   expected = isa if order.index(isa) <= order.index(default) else default
   assert out.stdout.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.cpu_only
+def test_pinned_build_is_checked():
+  """JAXSEG_CPU_ISA must name a build of this module: a typo is an error at import, not a silent default."""
+  from jaxseg import _ext
+  builds = _ext.cpu.kernel_builds()
+  assert builds[0] == "generic" and _ext.cpu.selected_isa() in builds
+  if platform.machine() in ("x86_64", "AMD64"):
+    assert builds == ["generic", "avx2", "avx512", "avx512_bf16"]
+  env = dict(os.environ, JAXSEG_CPU_ISA="avx9000", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", "import jaxseg"], env=env, capture_output=True, text=True,
+                       timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
+  assert out.returncode != 0
+  assert "ValueError: JAXSEG_CPU_ISA='avx9000' names no kernel build" in out.stderr, out.stderr[-2000:]
