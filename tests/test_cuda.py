@@ -25,8 +25,18 @@ def _has_gpu():
     return False
 
 
+def _nvcc_for_this_python():
+  """nvcc where the build looks for it (cmake/find_nvcc.cmake): CUDACXX, PATH, or pip's nvidia-cuda-nvcc wheel in
+  this interpreter's site-packages; None where there is none."""
+  import site
+  import sysconfig
+  dirs = site.getsitepackages() + [site.getusersitepackages()] + [sysconfig.get_paths()["purelib"]]
+  pip_nvcc = [p for d in dirs if os.path.exists(p := os.path.join(d, "nvidia", "cu13", "bin", "nvcc"))]
+  return os.environ.get("CUDACXX") or shutil.which("nvcc") or (pip_nvcc[0] if pip_nvcc else None)
+
+
 @pytest.mark.cpu_only
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler here")
+@pytest.mark.skipif(_nvcc_for_this_python() is None, reason="no CUDA compiler here")
 def test_cuda_module_built_when_nvcc_is_present():
   # Built with the CUDA runtime linked statically, so it imports without a GPU or driver.
   assert _ext.cuda is not None, "nvcc is on PATH but jaxseg was built without its CUDA module"

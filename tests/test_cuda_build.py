@@ -1,5 +1,6 @@
-"""Compile gates of the CUDA kernels, checked without a GPU: the module holds sm_80 and sm_90 machine code (and
-PTX); ptxas reports no spills, no stack frames and no warnings; the machine code of the tensor-core kernels holds
+"""Compile gates of the CUDA kernels, checked without a GPU: the module holds machine code for exactly the
+architectures cuda/CMakeLists.txt names (sm_80, sm_90, sm_100, sm_120) and the PTX of the newest; ptxas reports
+no spills, no stack frames and no warnings; the machine code of the tensor-core kernels holds
 the tensor-core and asynchronous-copy instructions and no local-memory traffic.
 
 The disassembler comes from the PyPI wheels nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (the test extra); the
@@ -22,7 +23,17 @@ from jaxseg import _ext
 pytestmark = pytest.mark.cpu_only
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHS = ("sm_80", "sm_90")
+
+
+def _default_architectures():
+  """cuda/CMakeLists.txt's CMAKE_CUDA_ARCHITECTURES (its one home): ([sm_XX with machine code], [compute_XX PTX])."""
+  text = (ROOT / "cuda" / "CMakeLists.txt").read_text()
+  archs = re.search(r'set\(CMAKE_CUDA_ARCHITECTURES "([^"]+)"\)', text).group(1).split(";")
+  return ([f"sm_{a.split('-')[0]}" for a in archs if a.endswith("-real")],
+          [f"compute_{a.split('-')[0]}" for a in archs if a.endswith("-virtual")])
+
+
+ARCHS, PTX = _default_architectures()
 # The kernels and the instructions their machine code must hold on every architecture.
 TENSOR_CORE_KERNELS = {
     ("TiledGatherKernel", "Bf16Math"): "HMMA.16816.F32.BF16",
@@ -78,11 +89,20 @@ def _by_arch_and_function(text):
   return blocks
 
 
-def test_module_holds_sm80_sm90_code_and_ptx():
-  elf = _cuobjdump("--list-elf")
-  for arch in ARCHS:
-    assert f".{arch}.cubin" in elf, elf
-  assert "sm_90.ptx" in _cuobjdump("--list-ptx")
+def test_default_architectures():
+  """Machine code for the GPUs jax's CUDA 13 wheels serve (A100, H100/H200, B200, RTX 50xx), PTX for later ones."""
+  assert ARCHS == ["sm_80", "sm_90", "sm_100", "sm_120"] and PTX == ["compute_120"]
+
+
+def test_module_holds_every_architecture_and_ptx():
+  """The installed module holds machine code for exactly ARCHS and PTX for exactly PTX (a build that narrowed
+  CMAKE_CUDA_ARCHITECTURES fails here, as it should in CI)."""
+  elf = set(re.findall(r"\.(sm_\d+)\.cubin", _cuobjdump("--list-elf")))
+  assert elf == set(ARCHS), elf
+  ptx = set(re.findall(r"\.sm_(\d+)\.ptx", _cuobjdump("--list-ptx")))
+  assert {f"compute_{a}" for a in ptx} == set(PTX), ptx
+  if hasattr(_ext.cuda, "architectures"):  # the list the module reports (jaxseg.print_environment_info)
+    assert _ext.cuda.architectures() == ",".join([f"{a[3:]}-real" for a in ARCHS] + [f"{a[8:]}-virtual" for a in PTX])
 
 
 def test_no_stack_or_local_memory():
