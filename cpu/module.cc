@@ -6,6 +6,7 @@
 #include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/pair.h>
@@ -29,6 +30,23 @@ std::pair<int64_t, int64_t> StringPaddingOrThrow(const std::string& mode, int64_
   int64_t lo, hi;
   if (!jaxseg::StringPadding(mode, k, s, &lo, &hi)) throw nb::value_error(("unknown padding " + mode).c_str());
   return {lo, hi};
+}
+
+// The CPU features the choice of kernel build reads (cpu/handlers.cc ChooseKernels), for print_environment_info.
+std::vector<std::pair<std::string, bool>> CpuFeatures() {
+  std::vector<std::pair<std::string, bool>> features;
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  // __builtin_cpu_supports needs a string literal, hence one line per feature.
+  features.emplace_back("avx2", __builtin_cpu_supports("avx2"));
+  features.emplace_back("fma", __builtin_cpu_supports("fma"));
+  features.emplace_back("avx512f", __builtin_cpu_supports("avx512f"));
+  features.emplace_back("avx512vl", __builtin_cpu_supports("avx512vl"));
+  features.emplace_back("avx512bw", __builtin_cpu_supports("avx512bw"));
+  features.emplace_back("avx512dq", __builtin_cpu_supports("avx512dq"));
+  features.emplace_back("avx512bf16", __builtin_cpu_supports("avx512bf16"));
+#endif
+  return features;
 }
 
 }  // namespace
@@ -63,6 +81,7 @@ NB_MODULE(_jaxseg_cpu, m) {
   m.def("buffer_cache_bytes", &jaxseg::cpu::BufferCacheBytes);
   m.def("selected_isa", []() { return std::string(jaxseg::cpu::SelectedIsa()); });
   m.def("kernel_builds", &jaxseg::cpu::KernelBuilds);
+  m.def("cpu_features", &CpuFeatures, "[(feature, present)] of the CPU features the kernel build is chosen by.");
   m.def("effective_kernel_size", &jaxseg::EffectiveKernelSize, nb::arg("kernel"), nb::arg("dilation"));
   m.def("output_size", &jaxseg::OutputSize, nb::arg("in_size"), nb::arg("kernel"), nb::arg("stride"),
         nb::arg("dilation"), nb::arg("pad_lo"), nb::arg("pad_hi"));

@@ -15,6 +15,11 @@
 #include "cuda/conv_plan.h"
 #include "cuda/handlers.h"
 
+// The architectures the kernels were compiled for, as CMake named them (cuda/CMakeLists.txt defines it).
+#ifndef JAXSEG_CUDA_ARCHITECTURES
+#define JAXSEG_CUDA_ARCHITECTURES "unknown"
+#endif
+
 namespace nb = nanobind;
 
 namespace {
@@ -46,4 +51,6 @@ NB_MODULE(_jaxseg_cuda, m) {
         "Why the CUDA kernels cannot run this call (canonical shapes, as the handler receives them), or ''.");
   m.attr("max_spatial_dims") = jaxseg::gpu::kMaxDims;
   m.attr("max_kernel_size") = jaxseg::gpu::kMaxAxisTaps;
+  m.def("architectures", []() { return std::string(JAXSEG_CUDA_ARCHITECTURES); },
+        "The CUDA architectures compiled in, as CMAKE_CUDA_ARCHITECTURES named them (e.g. '80-real,90-virtual').");
 }

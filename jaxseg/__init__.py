@@ -3,10 +3,14 @@
 `jaxseg.conv_transpose` is a drop-in for `jax.lax.conv_transpose` computed by XLA custom calls (CPU, and CUDA
 where built); `jaxseg.linen.ConvTranspose` and `jaxseg.nnx.ConvTranspose` are drop-ins for flax's modules,
 `jaxseg.equinox.ConvTranspose` for equinox's (imported on first use: equinox is an optional dependency).
+On GPUs jaxseg's CUDA kernels are opt-in (`jaxseg.use_gpu_kernels`, `JAXSEG_GPU_KERNELS=1`);
+`jaxseg.print_environment_info()` shows what runs where, and why.
 """
 
 from jaxseg import _ext  # noqa: F401  (registers the custom-call targets)
 from jaxseg._conv import conv_transpose, torch_padding
+from jaxseg._environment import environment_info, print_environment_info
+from jaxseg._gpu import GpuFallbackWarning, gpu_kernels_enabled, use_gpu_kernels
 from jaxseg import linen, nnx  # noqa: E402  (flax modules: jaxseg.linen.ConvTranspose, jaxseg.nnx.ConvTranspose)
 from jaxseg import export  # noqa: E402  (jax.export helpers: jaxseg.export.export, jaxseg.export.deserialize)
 
@@ -27,4 +31,5 @@ def __getattr__(name):
 
 __version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it from here
 
-__all__ = ["conv_transpose", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx", "export", "__version__"]
+__all__ = ["conv_transpose", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx", "export", "use_gpu_kernels",
+           "gpu_kernels_enabled", "GpuFallbackWarning", "environment_info", "print_environment_info", "__version__"]

@@ -14,10 +14,15 @@ ceasing to apply. Checked on jax 0.10.2 and 0.12.0.1 (the supported range is in 
   jax._src.sharding_impls.SPMDAxisContext.mesh             the mesh of a lowering inside shard_map
   jax._src.sharding_impls.SPMDAxisContext.manual_axes      the mesh axes a shard_map is manual over
   jax._src.interpreters.mlir.LoweringParameters.for_export whether a lowering is for jax.export
+  jax._src.config.State (include_in_jit_key,               a process setting that is part of jit's cache keys
+    include_in_trace_context)                              (jaxseg.use_gpu_kernels), as jax's own options are
+  Device.compute_capability                                a CUDA device's compute capability ("9.0"); not
+                                                           probed here (only CUDA devices have it)
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import jax
@@ -40,6 +45,7 @@ _devices_during_lowering = _lookup("jax._src.dispatch", "prim_requires_devices_d
 _ShardingContext = _lookup("jax._src.sharding_impls", "ShardingContext")
 _SPMDAxisContext = _lookup("jax._src.sharding_impls", "SPMDAxisContext")
 _LoweringParameters = _lookup("jax._src.interpreters.mlir", "LoweringParameters")
+_State = _lookup("jax._src.config", "State")
 
 # Attributes of instances: probed on a value of each kind.
 _probe = jax.typeof(np.zeros((1,), np.float32))
@@ -53,6 +59,10 @@ if _SPMDAxisContext is not None and "mesh" not in getattr(_SPMDAxisContext, "__d
   MISSING.append("jax._src.sharding_impls.SPMDAxisContext.mesh")
 if _SPMDAxisContext is not None and "manual_axes" not in getattr(_SPMDAxisContext, "__dataclass_fields__", {}):
   MISSING.append("jax._src.sharding_impls.SPMDAxisContext.manual_axes")
+if _State is not None and not {"include_in_jit_key", "include_in_trace_context"} <= set(
+    inspect.signature(_State.__init__).parameters):
+  MISSING.append("jax._src.config.State(include_in_jit_key, include_in_trace_context)")
+  _State = None
 if _LoweringParameters is not None and "for_export" not in getattr(_LoweringParameters, "__dataclass_fields__", {}):
   MISSING.append("jax._src.interpreters.mlir.LoweringParameters.for_export")
 del _probe
@@ -111,3 +121,33 @@ def manual_axes(axis_context) -> frozenset:
 def lowering_for_export(ctx) -> bool:
   """Whether the lowering context `ctx` lowers for `jax.export` (False where jax does not say)."""
   return bool(getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False))
+
+
+class _PlainSetting:
+  """A process setting outside jax's cache keys: the fallback where jax has no `config.State`."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def set_global(self, value):
+    self.value = value
+
+
+def keyed_setting(name: str, value: bool, help: str):
+  """A process-wide setting that is part of jax's jit cache key and trace context, so that a function compiled
+  under one value is compiled again under another (as with jax's own `jax_default_matmul_precision`). Returns an
+  object with `.value` and `.set_global(value)`. Where jax lacks `config.State` (listed in MISSING), a plain
+  holder: a change then reaches only functions lowered after it."""
+  if _State is None:
+    return _PlainSetting(value)
+  return _State(name, value, help, include_in_jit_key=True, include_in_trace_context=True)
+
+
+def compute_capability(device) -> tuple[int, int] | None:
+  """A CUDA device's compute capability as (major, minor); None for other devices (or an unreadable value)."""
+  text = getattr(device, "compute_capability", None)
+  try:
+    major, minor = str(text).split(".")[:2]
+    return int(major), int(minor)
+  except (TypeError, ValueError):
+    return None

@@ -40,11 +40,15 @@ if _pinned:
   if cpu.selected_isa() != _pinned:
     warnings.warn(f"JAXSEG_CPU_ISA={_pinned!r}: this CPU cannot run that build; using {cpu.selected_isa()!r}",
                   RuntimeWarning, stacklevel=2)
+# The CUDA module is built where a CUDA compiler was found. Whether it was built, and why it did not load, is kept
+# for the GPU lowering (jaxseg/_gpu.py), which warns on a GPU, and for print_environment_info: a machine without a
+# GPU has no use for the module, so a failure to load it is no error here.
+cuda_built = importlib.util.find_spec("jaxseg._jaxseg_cuda") is not None
+cuda_error: str | None = None  # why the built module did not load
 try:
-  cuda = _load("_jaxseg_cuda")  # built when a CUDA compiler was found
+  cuda = _load("_jaxseg_cuda")
 except ImportError as e:
-  warnings.warn(f"{e} Going on with the CPU custom calls only.", RuntimeWarning, stacklevel=2)
-  cuda = None
+  cuda, cuda_error = None, str(e)
 
 for _name, _capsule in cpu.registrations().items():
   jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
@@ -52,5 +56,5 @@ if cuda is not None:
   for _name, _capsule in cuda.registrations().items():
     jax.ffi.register_ffi_target(_name, _capsule, platform="CUDA")
 
-# Platforms whose lowering goes to our own kernels; elsewhere the primitives lower to XLA's convolution.
+# Platforms where our kernels are registered with XLA. On CUDA they are used only where jaxseg/_gpu.py allows.
 KERNEL_PLATFORMS = ("cpu",) + (("cuda",) if cuda is not None else ())

@@ -8,7 +8,8 @@ that description:
   transpose (and JVP)   each pass is bilinear; its transpose with respect to an operand is the pass that produces
                         that operand's role from the other two, so grad of any order stays on our kernels
   batching              a vmapped operand folds into an axis of its own (see `_batch_rule`), without loops
-  lowering              our custom call where the platform has kernels, else XLA's convolution of the same meaning
+  lowering              our custom call on CPU, and on CUDA where jaxseg/_gpu.py allows it; elsewhere XLA's
+                        convolution of the same meaning
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from jaxseg import _compat, _ext, _partitioning
+from jaxseg import _compat, _ext, _gpu, _partitioning
 from jaxseg._passes import (FORWARD, INPUT, KERNEL, OUTPUT, PASSES, RESULT_DTYPES, Geometry, Pass, precision_attribute,
                              producing)
 
@@ -175,7 +176,8 @@ def _kernel_lowering(p: Pass, platform: str):
   def rule(ctx, a, b, *, geometry, out_dtype, precision):
     params = dict(geometry=geometry, out_dtype=out_dtype, precision=precision)
     shapes = [v.shape for v in ctx.avals_in] + [ctx.avals_out[0].shape]
-    if platform == "cuda" and not _cuda_can_implement(p, geometry, shapes):
+    # On CUDA: the opt-in, the module and the GPUs first (each failure warned once), then the kernels' limits.
+    if platform == "cuda" and not (_gpu.use_kernels(ctx) and _cuda_can_implement(p, geometry, shapes)):
       return fallback(ctx, a, b, **params)
     # Resolved here, where jax's default_matmul_precision is in effect, as lax resolves it.
     mode = precision_attribute(precision)
@@ -234,7 +236,7 @@ def _define(p: Pass) -> Primitive:
   _compat.require_devices_during_lowering(prim)
   prim.def_abstract_eval(partial(_abstract_eval, p))
   mlir.register_lowering(prim, mlir.lower_fun(partial(_lax_impl, p), multiple_results=False))
-  for platform in _ext.KERNEL_PLATFORMS:
+  for platform in ("cpu", "cuda"):  # on CUDA the rule itself decides (jaxseg/_gpu.py)
     mlir.register_lowering(prim, _kernel_lowering(p, platform), platform=platform)
   ad.defbilinear(prim, partial(_transpose, p, 0), partial(_transpose, p, 1))
   batching.primitive_batchers[prim] = partial(_batch_rule, p)

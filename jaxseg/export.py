@@ -24,8 +24,9 @@ is not registered fails when it is compiled (its first `call`) with XLA's `NOT_F
 for <target> on a platform Host`; `deserialize` reports the same at load time, naming the targets.
 
 The exported computation holds the jaxseg custom calls for each platform it was exported for that has jaxseg
-kernels in the exporting process (CPU always; CUDA when the CUDA module was built, also on a machine without a
-GPU); for other platforms it holds XLA's convolution. Exporting for several devices with shardings is not
+kernels in the exporting process (CPU always; CUDA when the CUDA module was built and the exporting process opted
+in to jaxseg's GPU kernels, also on a machine without a GPU: docs/gpu.md); for other platforms it holds XLA's
+convolution. Exporting for several devices with shardings is not
 supported (jaxseg's partitioning rules are Python callbacks, which an artifact cannot carry); export a
 `shard_map` of the function instead, or a single-device function.
 """

@@ -20,7 +20,11 @@ def platform(request):
     device = jax.devices(request.param)[0]
   except RuntimeError:
     pytest.skip(f"no {request.param} device")
-  with jax.default_device(device), jax.default_matmul_precision("highest"):
+  kernels = contextlib.nullcontext()
+  if request.param == "gpu":  # the tests check jaxseg's CUDA kernels there, which are opt-in (docs/gpu.md)
+    from gpu_switch_state import restored
+    kernels = restored(True)
+  with jax.default_device(device), jax.default_matmul_precision("highest"), kernels:
     yield request.param
 
 

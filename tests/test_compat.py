@@ -2,6 +2,7 @@
 that runs. CI runs this on the oldest supported jax and on the newest release."""
 
 import re
+import types
 from importlib import metadata
 
 import jax
@@ -96,3 +97,42 @@ def test_lowering_axis_contexts():
   assert devices is None and mesh is not None and mesh.shape == m.shape and manual == frozenset({"x"})
   jax.export.export(jax.jit(probe.bind), platforms=["cpu"])(x)
   assert seen[-1][3] is True
+
+
+_probe_setting = _compat.keyed_setting("jaxseg_compat_probe_setting", False, "a test's probe")
+
+
+def test_keyed_setting_is_part_of_jit_and_lowering_caches():
+  """A function jitted and lowered under one value is compiled and lowered again under another, as it is for
+  jax's own options in the jit key (jaxseg.use_gpu_kernels relies on it)."""
+  probe = Primitive("jaxseg_compat_setting_probe")
+  probe.def_impl(lambda x: x)
+  probe.def_abstract_eval(lambda x: x)
+
+  def rule(ctx, x):  # reads the setting when lowering, as jaxseg's CUDA rule reads use_gpu_kernels
+    return mlir.lower_fun(lambda v: -v if _probe_setting.value else v, multiple_results=False)(ctx, x)
+
+  mlir.register_lowering(probe, rule)
+  f = jax.jit(probe.bind)
+  x = jnp.ones(3)
+  try:
+    assert "negate" not in f.lower(x).as_text()
+    np.testing.assert_array_equal(f(x), x)
+    _probe_setting.set_global(True)
+    assert "negate" in f.lower(x).as_text()
+    np.testing.assert_array_equal(f(x), -x)
+    assert f._cache_size() == 2
+  finally:
+    _probe_setting.set_global(False)
+  np.testing.assert_array_equal(f(x), x)
+
+
+@pytest.mark.parametrize("text,want", [("9.0", (9, 0)), ("12.0", (12, 0)), ("8.6", (8, 6)), ("gfx90a", None),
+                                       (None, None)])
+def test_compute_capability(text, want):
+  device = types.SimpleNamespace(platform="gpu") if text is None else types.SimpleNamespace(compute_capability=text)
+  assert _compat.compute_capability(device) == want
+
+
+def test_cpu_devices_have_no_compute_capability():
+  assert _compat.compute_capability(jax.devices("cpu")[0]) is None

@@ -1,6 +1,7 @@
 """The CUDA lowering, checked without a GPU: jax.export lowers for the 'cuda' platform on any machine, so these
 tests read what a GPU would be handed: our three custom calls with the precision attribute, the kernel read in
-either orientation where it lies, and XLA's convolution beyond the CUDA kernels' limits."""
+either orientation where it lies, and XLA's convolution beyond the CUDA kernels' limits. The GPU kernels are
+switched on here (they are opt-in; tests/test_gpu_switch.py checks the switch)."""
 
 import re
 
@@ -12,11 +13,18 @@ from jax import export, lax
 import jaxseg
 from jaxseg import _ext
 from jaxseg._passes import PASSES
+from gpu_switch_state import restored as switch_restored
 
 pytestmark = [pytest.mark.cpu_only,
               pytest.mark.skipif(_ext.cuda is None, reason="jaxseg was built without its CUDA module")]
 
 TARGETS = {p.target for p in PASSES}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def gpu_kernels_on():
+  with switch_restored(True):
+    yield
 
 
 def _cuda_module(fn, *args):
