@@ -659,6 +659,17 @@ inline WeightGradPlan MakeWeightGradPlan(const ConvShape& shape, DType operand, 
   return p;
 }
 
+// The bytes of the weight gradient's split-K partials for a call, planned as the handler plans it on `device`
+// with 16-byte aligned buffers (as XLA's are). The Python lowering sizes the CUDA call's second result (an
+// XLA-allocated buffer, so the pass allocates nothing at run time) with this, and the handler plans within the
+// buffer it receives (MakeWeightGradPlan's cap): a device with more multiprocessors than the lowering assumed
+// only splits less. At least one split's bytes, which every path's plan fits (the CUDA-core path's partials have
+// the same elements and type).
+inline int64_t WeightGradPartialBytes(const ConvShape& shape, DType operand, const DeviceInfo& device) {
+  const Path path = ChoosePath(Pass::kWeightGrad, operand, shape.in_ch, shape.out_ch);
+  return PartialBytes(MakeWeightGradPlan(shape, operand, path, device), operand);
+}
+
 }  // namespace jaxseg::gpu
 
 #endif  // JAXSEG_CUDA_CONV_PLAN_H_

@@ -104,9 +104,9 @@ struct Tf32x3Math : Tf32Math {
 template <int N>
 using Accumulators = float[tiled::kMmaTilesM][tiled::Cta<N>::kMmaTilesN][4];
 
-// x (float32 bits) = big + small, both TF32: *x becomes big.
+// x (float32 bits) = big + small, both TF32: *x becomes big (tiled::Tf32SplitBig: no overflow near FLT_MAX).
 __device__ __forceinline__ void SplitTf32(uint32_t* x, uint32_t* small) {
-  const uint32_t big = ptx::ToTf32(*x);
+  const uint32_t big = tiled::Tf32SplitBig(*x, ptx::ToTf32(*x));
   *small = ptx::ToTf32(__float_as_uint(__uint_as_float(*x) - __uint_as_float(big)));
   *x = big;
 }
@@ -321,7 +321,7 @@ __global__ void __launch_bounds__(tiled::kThreads, kMinBlocks<N>)
 }
 
 // weight_grad on tensor cores: one CTA per (group, tap, split, Ci tile, Co tile), its float partial tile written
-// to the split's slice of the scratch buffer.
+// to the split's slice of the partials buffer (the call's second result).
 template <class Math, int N>
 __global__ void __launch_bounds__(tiled::kThreads, 2)
     TiledWeightGradKernel(const __grid_constant__ WeightGradPlan plan, const typename Math::Element* __restrict__ x,
@@ -566,18 +566,23 @@ cudaError_t LaunchGather(const ConvCall& call, size_t result_bytes, Precision pr
   return status;
 }
 
+// `partials` is the call's second result, sized by the lowering (WeightGradPartialBytes): the plan splits within
+// it, so the pass allocates nothing at run time and can be captured into a CUDA graph.
 ffi::Error LaunchWeightGrad(const ConvCall& call, Precision precision, const DeviceInfo& device,
-                            ffi::ScratchAllocator& scratch, cudaStream_t stream, cudaError_t* status) {
-  const WeightGradPlan plan = MakeWeightGradPlan(call, call.operand_type, PathFor(Pass::kWeightGrad, call), device);
+                            ffi::AnyBuffer partials, cudaStream_t stream, cudaError_t* status) {
+  const int64_t partial_capacity = static_cast<int64_t>(partials.size_bytes());
+  const WeightGradPlan plan = MakeWeightGradPlan(call, call.operand_type, PathFor(Pass::kWeightGrad, call), device,
+                                                 partial_capacity);
   if (plan.blocks > kMaxBlocks) return ffi::Error::InvalidArgument("jaxseg (CUDA): weight gradient too large");
-  const std::optional<void*> partials = scratch.Allocate(static_cast<size_t>(PartialBytes(plan, call.operand_type)), 16);
-  if (!partials.has_value())
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxseg (CUDA): no scratch memory for the weight gradient");
+  if (PartialBytes(plan, call.operand_type) > partial_capacity || !Aligned16(partials.untyped_data()))
+    return ffi::Error::InvalidArgument(
+        "jaxseg (CUDA): the weight gradient's partials buffer (second result) is smaller than one split or not "
+        "16-byte aligned: emit the call through jaxseg's lowering, which sizes it");
   *status = cudaErrorInvalidValue;
   DispatchDTypes<CudaTypes>(call.operand_type, call.result_type, [&](auto types) {
     using T = typename decltype(types)::Operand;
     using Acc = typename decltype(types)::Accumulate;  // also the partials' type
-    Acc* acc_partials = static_cast<Acc*>(*partials);
+    Acc* acc_partials = static_cast<Acc*>(partials.untyped_data());
     if (plan.path != Path::kTiled) {
       *status = LaunchDirectWeightGrad<T, Acc>(plan, call, acc_partials, stream);
       return;
@@ -600,8 +605,9 @@ DeviceInfo QueryDevice() {
   return info;
 }
 
-ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::ScratchAllocator& scratch, ffi::AnyBuffer first,
-                   ffi::AnyBuffer second, ffi::Result<ffi::AnyBuffer> result, const CallAttrs& attrs) {
+// `partials`: weight_grad's second result (null for the other passes).
+ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second,
+                   ffi::Result<ffi::AnyBuffer> result, ffi::AnyBuffer* partials, const CallAttrs& attrs) {
   ConvCall call;
   if (ffi::Error err = DecodeCall(pass, first, second, *result, attrs, &call); err.failure()) return err;
   if (result->element_count() == 0) return ffi::Error::Success();
@@ -611,7 +617,7 @@ ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::ScratchAllocator& scratc
                                                                                             : Precision::kDefault;
   cudaError_t status = cudaSuccess;
   if (pass == Pass::kWeightGrad) {
-    if (ffi::Error err = LaunchWeightGrad(call, precision, QueryDevice(), scratch, stream, &status); err.failure())
+    if (ffi::Error err = LaunchWeightGrad(call, precision, QueryDevice(), *partials, stream, &status); err.failure())
       return err;
   } else {
     status = LaunchGather(call, result->size_bytes(), precision, QueryDevice(), stream);
@@ -622,20 +628,41 @@ ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::ScratchAllocator& scratc
 }
 
 template <Pass kPass>
-ffi::Error Handle(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer first, ffi::AnyBuffer second,
+ffi::Error Handle(cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second,
                   ffi::Result<ffi::AnyBuffer> result, CallAttrs attrs) {
-  return Execute(kPass, stream, scratch, first, second, result, attrs);
+  return Execute(kPass, stream, first, second, result, nullptr, attrs);
 }
 
-auto Binding() {
-  return BindCallOperands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>());
+ffi::Error HandleWeightGrad(cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second,
+                            ffi::Result<ffi::AnyBuffer> result, ffi::Result<ffi::AnyBuffer> partials,
+                            CallAttrs attrs) {
+  ffi::AnyBuffer scratch = *partials;
+  return Execute(Pass::kWeightGrad, stream, first, second, result, &scratch, attrs);
 }
+
+auto Binding() { return BindCallOperands(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()); }
+
+// weight_grad's second result: the split-K partials (bytes), allocated by XLA.
+auto WeightGradBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
+      .Attrs<CallAttrs>();
+}
+
+// Every launch goes to the stream XLA gives and nothing is allocated or synchronized at run time: XLA may record
+// the calls into CUDA graphs (command buffers) instead of splitting its graphs around them.
+constexpr ffi::Traits kTraits = ffi::Traits::kCmdBufferCompatible;
 
 }  // namespace
 }  // namespace jaxseg::gpu
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaForward, jaxseg::gpu::Handle<jaxseg::Pass::kForward>, jaxseg::gpu::Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaForward, jaxseg::gpu::Handle<jaxseg::Pass::kForward>, jaxseg::gpu::Binding(),
+                              {jaxseg::gpu::kTraits});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaInputGrad, jaxseg::gpu::Handle<jaxseg::Pass::kInputGrad>,
-                              jaxseg::gpu::Binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaWeightGrad, jaxseg::gpu::Handle<jaxseg::Pass::kWeightGrad>,
-                              jaxseg::gpu::Binding());
+                              jaxseg::gpu::Binding(), {jaxseg::gpu::kTraits});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCudaWeightGrad, jaxseg::gpu::HandleWeightGrad, jaxseg::gpu::WeightGradBinding(),
+                              {jaxseg::gpu::kTraits});

@@ -120,7 +120,7 @@ float AsFloat(uint32_t bits) { return num::BitsToFloat(bits); }
 uint32_t AsBits(float f) { return num::FloatToBits(f); }
 
 void SplitTf32(uint32_t* x, uint32_t* small) {
-  const uint32_t big = ToTf32(*x);
+  const uint32_t big = tiled::Tf32SplitBig(*x, ToTf32(*x));
   *small = ToTf32(AsBits(AsFloat(*x) - AsFloat(big)));
   *x = big;
 }
@@ -583,6 +583,7 @@ struct PlannedCall {
   Path path;
   GatherPlan gather{};
   WeightGradPlan weight_grad{};
+  int64_t partial_capacity = 0;  // weight_grad: the bytes of the partials buffer (the CUDA call's second result)
 };
 
 PlannedCall Plan(const std::string& pass_name, const std::vector<int64_t>& first_shape,
@@ -590,7 +591,8 @@ PlannedCall Plan(const std::string& pass_name, const std::vector<int64_t>& first
                  const std::vector<int64_t>& strides, const std::vector<int64_t>& dilation,
                  const std::vector<int64_t>& pad_lo, const std::vector<int64_t>& pad_hi, bool transpose_kernel,
                  const std::string& operand_name, const std::string& result_name, int64_t precision,
-                 const std::optional<std::string>& path_name, int32_t multiprocessors) {
+                 const std::optional<std::string>& path_name, int32_t multiprocessors,
+                 std::optional<int64_t> partial_bytes) {
   PlannedCall c;
   c.pass = PassByName(pass_name);
   c.operand = DTypeByName(operand_name);
@@ -610,7 +612,12 @@ PlannedCall Plan(const std::string& pass_name, const std::vector<int64_t>& first
   DeviceInfo device;
   device.multiprocessors = multiprocessors;
   if (c.pass == Pass::kWeightGrad) {
-    c.weight_grad = MakeWeightGradPlan(c.shape, c.operand, c.path, device);
+    // As the lowering sizes the partials and the handler plans within them (cuda/kernels.cu LaunchWeightGrad);
+    // `partial_bytes` stands for a buffer lowered for another device.
+    c.partial_capacity = partial_bytes ? *partial_bytes : WeightGradPartialBytes(c.shape, c.operand, device);
+    c.weight_grad = MakeWeightGradPlan(c.shape, c.operand, c.path, device, c.partial_capacity);
+    if (PartialBytes(c.weight_grad, c.operand) > c.partial_capacity)
+      throw nb::value_error("the partials buffer is smaller than one split");
   } else {
     c.gather = MakeGatherPlan(c.shape, c.operand, c.path, device);
   }
@@ -630,6 +637,7 @@ nb::dict Report(const PlannedCall& c) {
   if (c.pass == Pass::kWeightGrad) {
     report["splits"] = c.weight_grad.splits;
     report["scratch_bytes"] = PartialBytes(c.weight_grad, c.operand);
+    report["partial_capacity"] = c.partial_capacity;
   } else {
     report["problems"] = c.gather.problems;
     report["zero_fill"] = c.gather.zero_fill;
@@ -650,9 +658,11 @@ nb::tuple Execute(const std::string& pass_name, nb::bytes first, nb::bytes secon
                   std::vector<int64_t> second_shape, std::vector<int64_t> result_shape, std::vector<int64_t> strides,
                   std::vector<int64_t> dilation, std::vector<int64_t> pad_lo, std::vector<int64_t> pad_hi,
                   bool transpose_kernel, const std::string& operand_name, const std::string& result_name,
-                  int64_t precision, std::optional<std::string> path_name, int32_t multiprocessors) {
+                  int64_t precision, std::optional<std::string> path_name, int32_t multiprocessors,
+                  std::optional<int64_t> partial_bytes) {
   const PlannedCall c = Plan(pass_name, first_shape, second_shape, result_shape, strides, dilation, pad_lo, pad_hi,
-                             transpose_kernel, operand_name, result_name, precision, path_name, multiprocessors);
+                             transpose_kernel, operand_name, result_name, precision, path_name, multiprocessors,
+                             partial_bytes);
   if (Blocks(c) > (int64_t{1} << 31) - 1) Fail("grid too large");
   const int eb = Bytes(c.operand);
   if (static_cast<int64_t>(first.size()) != Product(first_shape) * eb ||
@@ -725,7 +735,8 @@ nb::dict Describe(const std::string& pass_name, std::vector<int64_t> first_shape
                   std::vector<int64_t> pad_lo, std::vector<int64_t> pad_hi, bool transpose_kernel,
                   const std::string& operand_name, int64_t precision, int32_t multiprocessors) {
   return Report(Plan(pass_name, first_shape, second_shape, result_shape, strides, dilation, pad_lo, pad_hi,
-                     transpose_kernel, operand_name, operand_name, precision, std::nullopt, multiprocessors));
+                     transpose_kernel, operand_name, operand_name, precision, std::nullopt, multiprocessors,
+                     std::nullopt));
 }
 
 }  // namespace
@@ -735,7 +746,7 @@ void RegisterPlanExecutor(nb::module_& m) {
         nb::arg("first_shape"), nb::arg("second_shape"), nb::arg("result_shape"), nb::arg("strides"),
         nb::arg("dilation"), nb::arg("pad_lo"), nb::arg("pad_hi"), nb::arg("transpose_kernel"),
         nb::arg("operand_dtype"), nb::arg("result_dtype"), nb::arg("precision") = 0,
-        nb::arg("path") = nb::none(), nb::arg("multiprocessors") = 132,
+        nb::arg("path") = nb::none(), nb::arg("multiprocessors") = 132, nb::arg("partial_bytes") = nb::none(),
         "Runs one pass as the CUDA kernels' plan would on a GPU (emulated on the CPU, with its index checks); "
         "operands and result as raw bytes of canonical tensors. Returns (result bytes, plan description).");
   m.def("gpu_plan_describe", &Describe, nb::arg("pass_name"), nb::arg("first_shape"), nb::arg("second_shape"),

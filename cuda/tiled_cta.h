@@ -59,6 +59,13 @@ JAXSEG_HD constexpr Coord MmaBTf32(int lane, int reg) { return Coord{(lane & 3) 
 // float32 C and D (16 x 8): register 0..3.
 JAXSEG_HD constexpr Coord MmaC(int lane, int reg) { return Coord{(lane >> 2) + 8 * (reg >> 1), 2 * (lane & 3) + (reg & 1)}; }
 
+// 3xTF32's big part of a finite float32 x (bits), given x rounded to TF32 (cvt.rna): that rounding, unless it
+// overflowed to infinity (|x| within half a TF32 unit of float32's maximum), where x truncated to TF32 is taken
+// instead: exact in TF32, and x - big stays exact, so the split's products stay finite where the exact one is.
+JAXSEG_HD constexpr uint32_t Tf32SplitBig(uint32_t x, uint32_t rounded) {
+  return (rounded & 0x7f800000u) == 0x7f800000u && (x & 0x7f800000u) != 0x7f800000u ? x & 0xffffe000u : rounded;
+}
+
 // Entries of the PTX ISA's fragment tables, pinned: lane 13 (groupID 3, threadID_in_group 1) and lane 30 (7, 2).
 // m16n8k16 A: a0..a7 are (reg i/2, half i%2); row groupID (+8 for a2, a3, a6, a7), col 2*tig + (i&1) (+8 from a4).
 static_assert(MmaA16(13, 0, 1).row == 3 && MmaA16(13, 0, 1).col == 3, "a1");

@@ -182,6 +182,8 @@ def _kernel_lowering(p: Pass, platform: str):
     # Resolved here, where jax's default_matmul_precision is in effect, as lax resolves it.
     mode = precision_attribute(precision)
     if not _spans_devices(ctx):
+      if platform == "cuda" and p.name == "weight_grad":
+        return _cuda_weight_grad_call(ctx, a, b, geometry, mode, direct, partial(fallback, ctx, a, b, **params))
       return direct(ctx, a, b, **geometry.ffi_attributes(mode))
     if _compat.lowering_for_export(ctx):
       # custom_partitioning's rules are Python callbacks held by this process: jax cannot serialize them.
@@ -193,6 +195,43 @@ def _kernel_lowering(p: Pass, platform: str):
     return mlir.lower_fun(call, multiple_results=False)(ctx, a, b)
 
   return rule
+
+
+# --- The CUDA weight gradient's call (issue 23 item 5): its split-K partials are an XLA-allocated second result, so
+# the handler allocates nothing at run time and XLA can record it into a CUDA graph.
+
+_DEFAULT_MULTIPROCESSORS = 132  # an H100 SXM's, where jax names no device at lowering (export)
+
+
+def _lowering_multiprocessors(ctx) -> int:
+  """The multiprocessor count of the first device the lowering is for (jax's `core_count`), else an H100's. The
+  handler splits within whatever buffer it gets, so a wrong count costs parallelism, never correctness."""
+  try:
+    axis_context = ctx.module_context.axis_context
+    devices = _compat.lowering_devices(axis_context)
+    if devices is None:
+      mesh = _compat.lowering_mesh(axis_context)
+      devices = None if mesh is None else list(np.asarray(mesh.devices).flat)  # an abstract mesh has none
+    count = getattr(devices[0], "core_count", None) if devices else None
+  except Exception:  # noqa: BLE001 (no concrete device here: the default)
+    count = None
+  return int(count) if isinstance(count, (int, np.integer)) and count > 0 else _DEFAULT_MULTIPROCESSORS
+
+
+def _cuda_weight_grad_call(ctx, a, b, geometry, mode, direct, fallback):
+  """The CUDA weight_grad custom call with its partials buffer (bytes, sized by the extension as the handler
+  plans, cuda/conv_plan.h WeightGradPartialBytes) as a second result; returns the first. Symbolic shapes, whose
+  partials have no static size, go to XLA's convolution (`fallback`)."""
+  shapes = [v.shape for v in ctx.avals_in] + [ctx.avals_out[0].shape]
+  if any(not isinstance(d, (int, np.integer)) for shape in shapes for d in shape):
+    return fallback()
+  nbytes = _ext.cuda.weight_grad_partial_bytes(
+      *(list(map(int, shape)) for shape in shapes), list(geometry.strides), list(geometry.dilation),
+      [lo for lo, _ in geometry.padding], [hi for _, hi in geometry.padding], geometry.transpose_kernel,
+      np.dtype(ctx.avals_in[0].dtype).name, _lowering_multiprocessors(ctx))
+  partials = jax.core.ShapedArray((nbytes,), np.uint8)
+  results = direct(ctx.replace(avals_out=[ctx.avals_out[0], partials]), a, b, **geometry.ffi_attributes(mode))
+  return results[:1]
 
 
 def _lax_dimension_numbers(d):

@@ -12,8 +12,9 @@ BITS = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16
 
 
 def execute(pass_name, a, b, result_shape, *, strides, padding, dilation=None, transpose_kernel=False,
-            result_dtype=None, precision=0, path=None, multiprocessors=132):
-  """Result (as `result_dtype`, default the operands') and the plan's description (path, grid, splits)."""
+            result_dtype=None, precision=0, path=None, multiprocessors=132, partial_bytes=None):
+  """Result (as `result_dtype`, default the operands') and the plan's description (path, grid, splits).
+  `partial_bytes`: weight_grad's partials buffer (default: as the lowering sizes it for `multiprocessors`)."""
   a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
   assert a.dtype == b.dtype
   result_dtype = np.dtype(result_dtype or a.dtype)
@@ -21,5 +22,5 @@ def execute(pass_name, a, b, result_shape, *, strides, padding, dilation=None, t
   raw, report = _jaxseg_cpu.gpu_plan_execute(
       pass_name, a.tobytes(), b.tobytes(), list(a.shape), list(b.shape), list(result_shape), list(strides),
       list(dilation or (1,) * n), [p[0] for p in padding], [p[1] for p in padding], transpose_kernel,
-      BITS[a.dtype], BITS[result_dtype], precision, path, multiprocessors)
+      BITS[a.dtype], BITS[result_dtype], precision, path, multiprocessors, partial_bytes)
   return np.frombuffer(raw, result_dtype).reshape(result_shape), report

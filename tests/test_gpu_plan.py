@@ -237,3 +237,32 @@ def test_limits_are_refused():
   big_kernel = _jaxseg_cpu.gpu_can_implement("forward", [1, 1, 9, 4], [1, 33, 4, 4], [1, 1, 17, 4],
                                              [2], [1], [16], [16], False)
   assert "kernel size" in big_kernel
+
+
+@pytest.mark.parametrize("pass_name", PASSES)
+def test_3xtf32_split_near_float32_max(rng, pass_name):
+  # Rounding x to TF32 overflows to infinity within half a TF32 unit of float32's maximum; the split then gave
+  # inf - inf = NaN. With small weights (or gradients) every exact result here is finite: so must the kernels' be.
+  big = np.float32(np.finfo(np.float32).max)
+  near_max = lambda shape: (rng.choice([-1.0, 1.0], shape) * big * (1 - rng.integers(0, 4096, shape) * 2.0 ** -24)
+                            ).astype(F32)
+  small = lambda shape: (rng.uniform(0.5, 1.0, shape) * rng.choice([-1.0, 1.0], shape) * 2.0 ** -12).astype(F32)
+  strides, pads, spatial, kernel, ci, co = (2, 2), [(1, 2), (0, 1)], (5, 6), (3, 3), 8, 12
+  x, w = near_max((1, 1, *spatial, ci)), small((1, *kernel, ci, co))
+  y_shape = conv_transpose_ref(x[0].astype(F64), w[0].astype(F64), strides, pads, None).shape
+  geometry = dict(strides=strides, padding=pads, precision=1)
+  if pass_name == "forward":
+    got, report = execute("forward", x, w, (1, *y_shape), **geometry)
+    want = conv_transpose_ref(x[0].astype(F64), w[0].astype(F64), strides, pads, None)
+  elif pass_name == "input_grad":
+    dy = near_max((1, *y_shape))
+    got, report = execute("input_grad", dy, w, x.shape, **geometry)
+    want = input_grad_ref(dy[0].astype(F64), w[0].astype(F64), strides, pads, spatial, None)
+  else:
+    x, dy = near_max(x.shape), small((1, *y_shape))
+    got, report = execute("weight_grad", x, dy, w.shape, **geometry)
+    want = weight_grad_ref(x[0].astype(F64), dy[0].astype(F64), strides, pads, kernel, None)
+  assert report["math"] == "3xtf32", report
+  assert np.all(np.abs(want) < np.finfo(np.float32).max), "the exact results must be finite float32 values"
+  assert np.all(np.isfinite(got)), report
+  np.testing.assert_allclose(got[0].astype(F64), want, rtol=1e-5, atol=1e-5 * float(np.sqrt(np.mean(want ** 2))))
