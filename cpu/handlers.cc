@@ -1,6 +1,6 @@
 // XLA FFI handlers of the three CPU passes: decode and check the buffers against the phase geometry, pick the
-// kernel build for this CPU, have it plan the call, and spread the plan's work items over XLA's intra-op thread
-// pool. A handler never blocks a pool thread on other pool tasks: it returns a future that the last finishing
+// kernel build for this CPU (once), plan the call with its micro-kernels (cpu/kernel_set.h), and spread the plan's
+// work items over XLA's intra-op thread pool. A handler never blocks a pool thread on other pool tasks: it returns a future that the last finishing
 // worker completes.
 #include "cpu/handlers.h"
 
@@ -38,13 +38,13 @@ const KernelSet& ChooseKernels() {
                       __builtin_cpu_supports("fma");
   const bool has512_bf16 = has512 && __builtin_cpu_supports("avx512bf16");
   const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (w == "generic") return generic::Kernels();
-  if (w == "avx2" && has2) return avx2::Kernels();
-  if ((w.empty() || w == "avx512_bf16") && has512_bf16) return avx512_bf16::Kernels();
-  if ((w.empty() || w == "avx512" || w == "avx512_bf16") && has512) return avx512::Kernels();
-  if (has2 && w != "generic") return avx2::Kernels();
+  if (w == "generic") return generic::kKernels;
+  if (w == "avx2" && has2) return avx2::kKernels;
+  if ((w.empty() || w == "avx512_bf16") && has512_bf16) return avx512_bf16::kKernels;
+  if ((w.empty() || w == "avx512" || w == "avx512_bf16") && has512) return avx512::kKernels;
+  if (has2 && w != "generic") return avx2::kKernels;
 #endif
-  return generic::Kernels();
+  return generic::kKernels;
 }
 
 ffi::Future Failed(ffi::Error error) {
@@ -110,7 +110,7 @@ ffi::Future Execute(Pass pass, ffi::ThreadPool pool, ffi::AnyBuffer first, ffi::
   AdviseHugePages(result->untyped_data(), result->size_bytes());
   static const KernelSet& kernels = ChooseKernels();
   const int64_t workers = std::max<int64_t>(1, pool.num_threads());
-  std::shared_ptr<const PreparedCall> prepared = kernels.prepare(std::move(call), workers);
+  std::shared_ptr<const PreparedCall> prepared = Prepare(kernels, std::move(call), workers);
   if (!prepared) return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted, "jaxseg: out of memory"));
   return ParallelRun(pool, std::move(prepared), workers);
 }
@@ -128,9 +128,9 @@ auto Binding() { return BindConvTranspose<ffi::ThreadPool>(); }
 const char* SelectedIsa() { return ChooseKernels().isa; }
 
 std::vector<std::string> KernelBuilds() {
-  std::vector<std::string> names{generic::Kernels().isa};
+  std::vector<std::string> names{generic::kKernels.isa};
 #if defined(__x86_64__) || defined(_M_X64)
-  for (const KernelSet* k : {&avx2::Kernels(), &avx512::Kernels(), &avx512_bf16::Kernels()}) names.push_back(k->isa);
+  for (const KernelSet* k : {&avx2::kKernels, &avx512::kKernels, &avx512_bf16::kKernels}) names.push_back(k->isa);
 #endif
   return names;
 }

@@ -1,9 +1,9 @@
-// The input gradient of one kernel build: dx (G, N, H..., Ci) from dy (G, N, O..., Co) and w, a strided
+// The input gradient: dx (G, N, H..., Ci) from dy (G, N, O..., Co) and w, a strided
 // convolution: dx[j] = sum over every tap k that links input j to an output o of dy[o] . W[k]^T. Its plan
 // (InputGradPlan, built once per call by PrepareInputGrad) holds the per-axis link tables and the transposed
-// kernel panels; RunInputGrad computes one item, a block of input pixels, with the indirect-GEMM core.
-//
-// Compiled once per instruction set, inside that build's namespace (see cpu/simd.h).
+// kernel panels; RunInputGrad computes one item, a block of input pixels: its tables in the worker's workspace, its
+// product with the chosen build's indirect-GEMM micro-kernel (cpu/kernel_set.h). Planning code, compiled once
+// (cpu/prepare.cc).
 #ifndef JAXSEG_CPU_INPUT_GRAD_H_
 #define JAXSEG_CPU_INPUT_GRAD_H_
 
@@ -14,15 +14,22 @@
 #include "common/conv_shape.h"
 #include "common/phase_geometry.h"
 #include "cpu/buffer_cache.h"
-#include "cpu/gather_gemm.h"
+#include "cpu/gather_tables.h"
+#include "cpu/kernel_set.h"
 #include "cpu/packing.h"
 #include "cpu/pixel_index.h"
+#include "cpu/workspace.h"
 
-namespace jaxseg::cpu::JAXSEG_ISA {
+namespace jaxseg::cpu::planning {
 namespace {
 
 struct InputGradPlan {
   ConvCall call;
+  const KernelSet* kernels = nullptr;
+  const TypedKernels* typed = nullptr;  // the build's micro-kernels of the call's dtype pair
+  bool pairs = false;                   // panels hold bf16 pairs (Pairs)
+  int64_t block_rows = 0;               // input pixels per block (BlockRows)
+  int64_t workspace_bytes = 0;          // per worker
   std::vector<int64_t> links;           // per axis, (input, tap) -> output pixel offset, or negative: padding
   std::vector<int64_t> links_begin;     // where each axis's table starts in `links`
   std::vector<int64_t> interior_begin;  // per axis, the inputs that every tap links with an output
@@ -35,15 +42,15 @@ struct InputGradPlan {
 
 // Item = (group, block of input pixels over the batch).
 template <typename T, typename U, typename Acc>
-void RunInputGrad(const InputGradPlan& plan, int64_t item, int64_t /*worker*/) {
+void RunInputGrad(const InputGradPlan& plan, int64_t item, WorkspaceSlot& slot) {
   const ConvCall& call = plan.call;
   const auto& axes = call.axes;
   const int64_t d = static_cast<int64_t>(axes.size());
   const int64_t total = call.batch * call.InSpatial();
-  const int64_t per_group = (total + kBlockRows - 1) / kBlockRows;
+  const int64_t per_group = (total + plan.block_rows - 1) / plan.block_rows;
   const int64_t g = item / per_group;
-  const int64_t m0 = (item % per_group) * kBlockRows;
-  const int64_t rows = std::min(kBlockRows, total - m0);
+  const int64_t m0 = (item % per_group) * plan.block_rows;
+  const int64_t rows = std::min(plan.block_rows, total - m0);
   const int64_t taps = call.KernelSpatial();
 
   int64_t in_stride[kMaxSpatialDims];
@@ -51,7 +58,7 @@ void RunInputGrad(const InputGradPlan& plan, int64_t item, int64_t /*worker*/) {
   const T* y_grad = static_cast<const T*>(call.first);
   U* x_grad = static_cast<U*>(call.result);
   const T* zero = static_cast<const T*>(plan.zeros.get());
-  auto& tables = BlockTables<T, U>::ForThread(rows, taps);
+  BlockTables tables = BlockTables::Take(slot, rows, taps);
   // The output a tap reaches is a sum of per-axis table entries (plan.links), negative where the tap meets
   // padding. The pixel's coordinates advance like an odometer: no division per pixel and none per (pixel, tap),
   // which matters when the depth (the output channels) is small.
@@ -62,10 +69,9 @@ void RunInputGrad(const InputGradPlan& plan, int64_t item, int64_t /*worker*/) {
   PixelCoords(d, in_size, m0, &n, j);
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t gn = g * call.batch + n;
-    U*& dst = tables.dst[i];
-    dst = x_grad + (gn * call.InSpatial()) * call.in_ch;
+    U* dst = x_grad + (gn * call.InSpatial()) * call.in_ch;
     const T* image = y_grad + gn * call.OutSpatial() * call.out_ch;
-    const T** row_src = tables.src.data() + i * taps;
+    const void** row_src = tables.src + i * taps;
     const int64_t* link[kMaxSpatialDims];  // this pixel's row of each axis's table
     int64_t base = 0;
     bool interior = true;
@@ -75,6 +81,7 @@ void RunInputGrad(const InputGradPlan& plan, int64_t item, int64_t /*worker*/) {
       base += link[a][0];
       dst += j[a] * in_stride[a] * call.in_ch;
     }
+    tables.dst[i] = dst;
     if (interior) {
       // Every tap reaches an output: tap t's is the pixel's first plus a fixed shift.
       const T* first = image + base * call.out_ch;
@@ -94,16 +101,31 @@ void RunInputGrad(const InputGradPlan& plan, int64_t item, int64_t /*worker*/) {
     }
     NextPixel(d, in_size, &n, j);
   }
-  const auto* wt =
-      plan.weights.data<PanelElement<T, Acc>>() + g * taps * PanelDepth<T>(call.out_ch) * plan.weights.ld;
-  GatherGemmBlock<T, U, Acc>(rows, taps, tables.src.data(), tables.tap_k.data(), tables.dst.data(), wt,
-                             call.out_ch, call.in_ch, plan.weights.ld, zero);
+  GatherBlockArgs args;
+  args.rows = rows;
+  args.taps = taps;
+  args.src = tables.src;
+  args.tap_k = tables.tap_k;
+  args.dst = tables.dst;
+  args.w = plan.weights.at(g * taps * PanelDepth(call.out_ch, plan.pairs) * plan.weights.ld);
+  args.depth = call.out_ch;
+  args.ncols = call.in_ch;
+  args.ld = plan.weights.ld;
+  args.zero = zero;
+  args.col_vecs = plan.kernels->col_vecs;
+  GroupRowsByTaps(tables, call.out_ch * call.in_ch, args);
+  plan.typed->gather_block(args);
 }
 
-// Fills the plan of plan.call; false when memory runs out.
+// Fills the plan of plan.call (plan.kernels and plan.typed set); false when memory runs out.
 template <typename T, typename U, typename Acc>
 bool PrepareInputGrad(InputGradPlan& plan, int64_t /*workers*/) {
   const ConvCall& call = plan.call;
+  plan.pairs = Pairs<T>(*plan.kernels);
+  plan.block_rows = BlockRows(*plan.kernels);
+  WorkspaceSize size;
+  BlockTables::Take(size, plan.block_rows, call.KernelSpatial());
+  plan.workspace_bytes = size.bytes();
   plan.zeros = MakeZeroRow<T>(call);
   if (!plan.zeros) return false;
   // links[begin[a] + j*K + k]: output pixel offset (in the flat output) that tap k links with input j on axis a,
@@ -145,12 +167,16 @@ bool PrepareInputGrad(InputGradPlan& plan, int64_t /*workers*/) {
     }
     plan.tap_shift[t] = shift * call.out_ch;
   }
-  plan.num_items = call.groups * ((call.batch * call.InSpatial() + kBlockRows - 1) / kBlockRows);
-  return PackPanels<T, PanelElement<T, Acc>>(call, static_cast<const T*>(call.second), /*transpose=*/true,
-                                             Vec<Acc>::kCols, /*pairs=*/kPairs<T>, &plan.weights);
+  plan.num_items = call.groups * ((call.batch * call.InSpatial() + plan.block_rows - 1) / plan.block_rows);
+  const T* w = static_cast<const T*>(call.second);
+  const int64_t tile_cols = plan.kernels->col_vecs * kWidth<Acc>;
+  if constexpr (std::is_same_v<T, bf16_t>) {
+    if (plan.pairs) return PackPanels<T, T>(call, w, /*transpose=*/true, tile_cols, /*pairs=*/true, &plan.weights);
+  }
+  return PackPanels<T, Acc>(call, w, /*transpose=*/true, tile_cols, /*pairs=*/false, &plan.weights);
 }
 
 }  // namespace
-}  // namespace jaxseg::cpu::JAXSEG_ISA
+}  // namespace jaxseg::cpu::planning
 
 #endif  // JAXSEG_CPU_INPUT_GRAD_H_

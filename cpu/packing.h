@@ -1,11 +1,10 @@
-// Weight packing of one kernel build, done once per call before any product: the kernel, in whichever layout it
+// Weight packing, done once per call before any product: the kernel, in whichever layout it
 // is stored (common/conv_shape.h), laid out as contiguous panels of one register tile of columns, which the
 // products read row after row. Columns past the last are zero. Panels hold the accumulation type, or, where the
 // build multiplies bfloat16 pairs (cpu/bf16_dot.h), the bf16 values themselves: pair panels interleave depth rows
 // 2p and 2p+1 in one 32-bit lane per column, the layout the dot-product instruction reads; an odd depth gets a
-// zero row to complete its last pair.
-//
-// Compiled once per instruction set, inside that build's namespace (see cpu/simd.h).
+// zero row to complete its last pair. The layout is the chosen build's (its tile width and whether it has pairs,
+// cpu/kernel_set.h), the packing itself planning code, compiled once with baseline flags (cpu/prepare.cc).
 #ifndef JAXSEG_CPU_PACKING_H_
 #define JAXSEG_CPU_PACKING_H_
 
@@ -15,22 +14,27 @@
 
 #include "common/conv_shape.h"
 #include "cpu/buffer_cache.h"
+#include "cpu/kernel_set.h"
 #include "cpu/numeric.h"
-#include "cpu/simd.h"
 
-namespace jaxseg::cpu::JAXSEG_ISA {
+namespace jaxseg::cpu::planning {
 namespace {
 
-// What the panels of operand type T hold: bf16 pairs where the build has the dot product for them, else the
-// accumulation type.
-template <typename T, typename Acc>
-using PanelElement = std::conditional_t<kPairs<T>, T, Acc>;
+// Elements per 64-byte vector of the accumulation type.
+template <typename Acc>
+constexpr int64_t kWidth = 64 / static_cast<int64_t>(sizeof(Acc));
+
+constexpr int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// Whether the build multiplies operands of type T as bf16 pairs (cpu/bf16_dot.h): its panels then hold the bf16
+// values in pairs, else the accumulation type.
+template <typename T>
+bool Pairs(const KernelSet& kernels) {
+  return kernels.bf16_dot && std::is_same_v<T, bf16_t>;
+}
 
 // Depth rows of a panel: with pairs, whole pairs.
-template <typename T>
-constexpr int64_t PanelDepth(int64_t depth) {
-  return kPairs<T> ? RoundUp(depth, 2) : depth;
-}
+inline int64_t PanelDepth(int64_t depth, bool pairs) { return pairs ? RoundUp(depth, 2) : depth; }
 
 // Where element (depth r, column c) of a panel of kcols columns lies: row-major, or pair-interleaved.
 inline int64_t PanelOffset(int64_t r, int64_t c, int64_t kcols, bool pairs) {
@@ -47,13 +51,12 @@ inline P ToPanel(T v) {
 }
 
 struct PackedWeights {
-  CachedBuffer buffer;  // taken from, and handed back to, the buffer cache
-  int64_t ld = 0;       // columns per depth row, padded to whole tiles
+  CachedBuffer buffer;      // taken from, and handed back to, the buffer cache
+  int64_t ld = 0;           // columns per depth row, padded to whole tiles
+  int64_t elem_bytes = 0;   // bytes per panel element
 
-  template <typename P>
-  const P* data() const {
-    return static_cast<const P*>(buffer.get());
-  }
+  // Panel element `offset`.
+  const void* at(int64_t offset) const { return static_cast<const char*>(buffer.get()) + offset * elem_bytes; }
 };
 
 // Panels (tap, column tile, depth, kcols) of every group's taps, row-major or pair-interleaved (`pairs`).
@@ -69,7 +72,8 @@ bool PackPanels(const ConvShape& shape, const T* w, bool transpose, int64_t kcol
   const int64_t cols = transpose ? shape.in_ch : shape.out_ch;
   out->ld = RoundUp(std::max<int64_t>(cols, 1), kcols);
   const int64_t tiles = out->ld / kcols;
-  out->buffer = AcquireBuffer(taps * rows * out->ld * static_cast<int64_t>(sizeof(P)));
+  out->elem_bytes = sizeof(P);
+  out->buffer = AcquireBuffer(taps * rows * out->ld * out->elem_bytes);
   if (!out->buffer) return false;
   P* dst = static_cast<P*>(out->buffer.get());
   // Element (depth r, column c) of a tap is stored at r * r_step + c * c_step (see common/conv_shape.h).
@@ -114,17 +118,17 @@ bool PackPanels(const ConvShape& shape, const T* w, bool transpose, int64_t kcol
 
 // The forward's per-image form (ImageForwardItem in cpu/forward.h): panels (group, column tile, in_ch,
 // col_vecs vectors of the accumulation type) whose columns are (tap, output channel) pairs, column k * out_ch +
-// co holding W[k][:, co]; the depth (in_ch) paired where the build multiplies pairs. False when memory runs out.
-template <typename T, typename Acc>
-bool PackTapColumns(const ConvShape& shape, const T* w, int col_vecs, PackedWeights* out) {
-  using P = PanelElement<T, Acc>;
-  const int64_t kcols = col_vecs * Vec<Acc>::kWidth;
+// co holding W[k][:, co]; the depth (in_ch) paired where the build multiplies pairs (P = T then, else the
+// accumulation type). False when memory runs out.
+template <typename T, typename P>
+bool PackTapColumns(const ConvShape& shape, const T* w, int64_t kcols, bool pairs, PackedWeights* out) {
   const int64_t ksp = shape.KernelSpatial();
   const int64_t cols = ksp * shape.out_ch;
-  const int64_t rows = PanelDepth<T>(shape.in_ch);
+  const int64_t rows = PanelDepth(shape.in_ch, pairs);
   out->ld = RoundUp(cols, kcols);
   const int64_t tiles = out->ld / kcols;
-  out->buffer = AcquireBuffer(shape.groups * rows * out->ld * static_cast<int64_t>(sizeof(P)));
+  out->elem_bytes = sizeof(P);
+  out->buffer = AcquireBuffer(shape.groups * rows * out->ld * out->elem_bytes);
   if (!out->buffer) return false;
   P* dst = static_cast<P*>(out->buffer.get());
   for (int64_t g = 0; g < shape.groups; ++g)
@@ -136,7 +140,7 @@ bool PackTapColumns(const ConvShape& shape, const T* w, int col_vecs, PackedWeig
         const T* wk = w + (g * ksp + shape.StoredTap(k)) * shape.in_ch * shape.out_ch;
         for (int64_t ci = 0; ci < rows; ++ci) {
           const bool inside = col < cols && ci < shape.in_ch;
-          panel[PanelOffset(ci, c, kcols, kPairs<T>)] = inside ? ToPanel<P>(wk[shape.StoredChannels(ci, co)]) : P{};
+          panel[PanelOffset(ci, c, kcols, pairs)] = inside ? ToPanel<P>(wk[shape.StoredChannels(ci, co)]) : P{};
         }
       }
     }
@@ -144,6 +148,6 @@ bool PackTapColumns(const ConvShape& shape, const T* w, int col_vecs, PackedWeig
 }
 
 }  // namespace
-}  // namespace jaxseg::cpu::JAXSEG_ISA
+}  // namespace jaxseg::cpu::planning
 
 #endif  // JAXSEG_CPU_PACKING_H_

@@ -1,8 +1,6 @@
-// Pixel indexing of the canonical channels-last tensors, for one kernel build: row-major strides of the input or
-// output spatial extent, the coordinates of a flat pixel index, and the odometer that steps them, so that a walk
-// over a block of pixels costs no division per pixel.
-//
-// Compiled once per instruction set, inside that build's namespace (see cpu/simd.h).
+// Pixel indexing of the canonical channels-last tensors, for the planning code (cpu/kernel_set.h): row-major
+// strides of the input or output spatial extent, the coordinates of a flat pixel index, and the odometer that steps
+// them, so that a walk over a block of pixels costs no division per pixel.
 #ifndef JAXSEG_CPU_PIXEL_INDEX_H_
 #define JAXSEG_CPU_PIXEL_INDEX_H_
 
@@ -11,11 +9,7 @@
 
 #include "common/phase_geometry.h"
 
-#ifndef JAXSEG_ISA
-#error "cpu/pixel_index.h belongs to a kernel build: include it from cpu/kernels_<isa>.cc"
-#endif
-
-namespace jaxseg::cpu::JAXSEG_ISA {
+namespace jaxseg::cpu::planning {
 namespace {
 
 // Row-major strides of a spatial extent (elements per step of each axis, in pixels): of the input when `in`,
@@ -47,6 +41,6 @@ inline void NextPixel(int64_t d, const int64_t* extent, int64_t* n, int64_t* c) 
 }
 
 }  // namespace
-}  // namespace jaxseg::cpu::JAXSEG_ISA
+}  // namespace jaxseg::cpu::planning
 
 #endif  // JAXSEG_CPU_PIXEL_INDEX_H_

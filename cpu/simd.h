@@ -2,9 +2,10 @@
 // accumulation type (GCC vector extensions, which the compiler lowers to one AVX-512, two AVX2 or four SSE
 // registers), loads at any address, stores of a tile to its rows, and the sum of a vector's lanes.
 //
-// Compiled once per instruction set: the including cpu/kernels_<isa>.cc defines JAXSEG_ISA (the namespace) and
-// the tile JAXSEG_ROWS x JAXSEG_COL_VECS (optionally JAXSEG_WIDE_COL_VECS, and JAXSEG_BF16_DOT where the build has
-// the bf16 dot product), and is built with the instruction set's flags.
+// Compiled once per instruction set, for the micro-kernels only (cpu/kernel_set.h): the including
+// cpu/kernels_<isa>.cc defines JAXSEG_ISA (the namespace) and the tile JAXSEG_ROWS x JAXSEG_COL_VECS (optionally
+// JAXSEG_WIDE_COL_VECS, and JAXSEG_BF16_DOT where the build has the bf16 dot product), and is built with the
+// instruction set's flags.
 #ifndef JAXSEG_CPU_SIMD_H_
 #define JAXSEG_CPU_SIMD_H_
 
@@ -66,6 +67,23 @@ inline typename Vec<Acc>::mask LaneMask(bool on) {
 }
 
 constexpr int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// std::min's job, in this build's own namespace: a build calls no inline function that another object emits too
+// (cpu/kernel_set.h).
+template <typename X>
+constexpr X Min(X a, X b) {
+  return b < a ? b : a;
+}
+
+// What the panels of operand type T hold (cpu/packing.h): bf16 pairs where the build has the dot product for
+// them, else the accumulation type; and a panel's depth rows (with pairs, whole pairs).
+template <typename T, typename Acc>
+using PanelElement = std::conditional_t<kPairs<T>, T, Acc>;
+
+template <typename T>
+constexpr int64_t PanelDepth(int64_t depth) {
+  return kPairs<T> ? RoundUp(depth, 2) : depth;
+}
 
 template <typename Acc>
 inline typename Vec<Acc>::type LoadUnaligned(const Acc* p) {
