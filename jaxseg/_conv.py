@@ -149,6 +149,19 @@ def _at_least(size, bound: int, what: str) -> bool:
         f"is made, e.g. jax.export.symbolic_shape(..., constraints=('{size} >= {bound}',)).") from e
 
 
+def _check_dimension_numbers(dn: lax.ConvDimensionNumbers, lhs, rhs, given) -> None:
+  """Each spec of `dn` must order all the operands' axes: lax passes a ConvDimensionNumbers object through
+  unchecked, and one of another rank would fail later as an IndexError or give a wrong layout."""
+  for name, spec in zip(("lhs", "rhs", "out"), dn):
+    try:
+      ok = sorted(operator.index(a) for a in spec) == list(range(lhs.ndim))
+    except TypeError:
+      ok = False
+    if not ok:
+      raise ValueError(f"dimension_numbers {given!r}: its {name} spec {spec!r} must order the {lhs.ndim} axes of "
+                       f"lhs {lhs.shape} and rhs {rhs.shape} (a permutation of 0..{lhs.ndim - 1})")
+
+
 def _feature_group_count(value) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise TypeError(f"feature_group_count must be an integer, got {value!r}")
@@ -287,6 +300,7 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   except (TypeError, ValueError) as e:
     raise type(e)(f"invalid dimension_numbers {dimension_numbers!r}: {e}") from None
+  _check_dimension_numbers(dn, lhs, rhs, dimension_numbers)
   if lhs.dtype != rhs.dtype:
     raise TypeError(f"lhs and rhs must have the same dtype, got {lhs.dtype} and {rhs.dtype}")
   groups = _feature_group_count(feature_group_count)

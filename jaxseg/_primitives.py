@@ -69,7 +69,9 @@ def apply(p: Pass, a, b, *, geometry: Geometry, out_dtype, precision=None):
 def _abstract_eval(p: Pass, a, b, *, geometry, out_dtype, precision):
   shape = p.result_shape(a.shape, b.shape, geometry)
   sharding = _partitioning.result_sharding(p, geometry, a, b)
-  return a.update(shape=shape, dtype=out_dtype, weak_type=False,
+  # lax's rule for its convolution (jax's standard weak-type rule): weak exactly when both operands are, whatever
+  # preferred_element_type, so `y + bf16_array` stays bfloat16 where lax's would.
+  return a.update(shape=shape, dtype=out_dtype, weak_type=a.weak_type and b.weak_type,
                   **({"sharding": sharding} if sharding is not None else {}))
 
 

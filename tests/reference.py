@@ -28,7 +28,12 @@ def _tap_windows(kernel, dilation, out_spatial):
     yield k, tuple(slice(d * kk, d * kk + o) for kk, d, o in zip(k, dilation, out_spatial))
 
 
-def conv_transpose_ref(x, w, strides, padding, dilation=None):
+def conv_transpose_ref(x, w, strides, padding, dilation=None, groups=1):
+  """y (N, O..., Co) for x (N, H..., Ci) and w (K..., Ci/G, Co): G independent transposed convolutions, group g
+  mapping input channels [g Ci/G, (g+1) Ci/G) to output channels [g Co/G, (g+1) Co/G) (lax's grouping)."""
+  if groups > 1:
+    xs, ws = np.split(np.asarray(x), groups, axis=-1), np.split(np.asarray(w), groups, axis=-1)
+    return np.concatenate([conv_transpose_ref(a, b, strides, padding, dilation) for a, b in zip(xs, ws)], -1)
   w = np.asarray(w, np.float64)
   n = x.ndim - 2
   dilation = dilation or (1,) * n
@@ -72,8 +77,9 @@ def weight_grad_ref(x, dy, strides, padding, kernel, dilation=None):
   return dw
 
 
-def to_canonical(lhs, rhs, dimension_numbers, transpose_kernel):
-  """(lhs, rhs) in named layouts (e.g. 'NCHW', 'OIHW') to canonical NH..C / H..IO, applying transpose_kernel."""
+def to_canonical(lhs, rhs, dimension_numbers, transpose_kernel, groups=1):
+  """(lhs, rhs) in named layouts (e.g. 'NCHW', 'OIHW') to canonical NH..C / H..IO, applying transpose_kernel;
+  with groups, w in conv_transpose_ref's grouped form (K..., Ci/G, Co)."""
   lhs_spec, rhs_spec, _ = dimension_numbers
   spatial = [c for c in rhs_spec if c not in "IO"]  # jax orders spatial axes as the kernel spec does
   x = np.transpose(lhs, [lhs_spec.index("N")] + [lhs_spec.index(c) for c in spatial] + [lhs_spec.index("C")])
@@ -82,6 +88,8 @@ def to_canonical(lhs, rhs, dimension_numbers, transpose_kernel):
   if transpose_kernel:
     w = np.flip(w, axis=tuple(range(len(r_spatial))))
     w = np.swapaxes(w, -1, -2)
+    if groups > 1:  # (K..., Ci, Co/G), Ci split into groups -> the groups side by side along Co
+      w = np.concatenate(np.split(w, groups, axis=-2), axis=-1)
   return x, w
 
 
@@ -89,6 +97,24 @@ def from_canonical(y, out_spec, rhs_spec):
   spatial = [c for c in rhs_spec if c not in "IO"]
   canonical = ["N"] + spatial + ["C"]
   return np.transpose(y, [canonical.index(c) for c in out_spec])
+
+
+# conv_transpose's default layouts per number of spatial dimensions.
+DEFAULT_DIMENSION_NUMBERS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}
+
+
+def explicit_padding(padding, kernel, strides, dilation=None, consistent=False):
+  """conv_transpose's `padding` argument as explicit (lo, hi) pads of the dilated input, one pair per spatial
+  axis: 'SAME' / 'VALID' as jax.lax.conv_transpose reads them, pairs as they are, or (consistent: the
+  use_consistent_padding=True meaning, a forward convolution's padding p) k' - 1 - p. `kernel` holds the
+  kernel's spatial sizes, k' = d (k - 1) + 1 its dilated extent."""
+  dilation = dilation or (1,) * len(kernel)
+  eff = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+  if isinstance(padding, str):
+    return [transpose_padding(k, s, padding) for k, s in zip(eff, strides)]
+  if consistent:
+    return [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(eff, padding)]
+  return [tuple(p) for p in padding]
 
 
 def transpose_padding(k_eff, s, mode):

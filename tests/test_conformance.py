@@ -17,48 +17,40 @@ from jax import lax
 
 import jaxseg
 from conftest import x64
-from reference import (GEOMETRY_GRID, SPARSE_GRID, conv_transpose_ref, from_canonical, to_canonical,
-                       transpose_padding)
+from reference import (DEFAULT_DIMENSION_NUMBERS, GEOMETRY_GRID, SPARSE_GRID, conv_transpose_ref,
+                       explicit_padding, from_canonical, to_canonical)
 from tolerances import assert_close
-
-DEFAULT_DN = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}
-
-
-def explicit_pads(padding, kernel, strides, dilation, consistent):
-  eff = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
-  if isinstance(padding, str):
-    return [transpose_padding(k, s, padding) for k, s in zip(eff, strides)]
-  if consistent:
-    return [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(eff, padding)]
-  return list(padding)
-
 
 DTYPES = [np.float32, jnp.bfloat16, np.float16, np.float64]
 
 
 def run_case(rng, in_spatial, kernel, strides, padding, *, batch=2, cin=3, cout=4, dilation=None,
-             transpose_kernel=False, consistent=False, dimension_numbers=None, dtype=np.float32):
+             transpose_kernel=False, consistent=False, dimension_numbers=None, dtype=np.float32, groups=1):
   """jaxseg against lax's shape and dtype and, element-wise, against the float64 NumPy reference computed from
-  the same (rounded) operands; float64 cases run with x64 enabled."""
+  the same (rounded) operands; float64 cases run with x64 enabled. With groups (G dividing cin and cout), the
+  kernel holds cin/G inputs (or, with transpose_kernel, cout/G outputs) per group, as lax's grouped
+  convolution; lax.conv_transpose itself has no groups, so its shape and dtype are checked at G = 1 only."""
   with x64() if dtype == np.float64 else contextlib.nullcontext():
     n = len(in_spatial)
-    dn = dimension_numbers or DEFAULT_DN[n]
+    dn = dimension_numbers or DEFAULT_DIMENSION_NUMBERS[n]
     lhs_spec, rhs_spec, out_spec = dn
     sizes = {"N": batch, "C": cin}
     spatial = [s for s in rhs_spec if s not in "IO"]  # jax numbers spatial axes in the kernel spec's order
     lhs_shape = [sizes[c] if c in sizes else in_spatial[spatial.index(c)] for c in lhs_spec]
-    io = {"I": cout, "O": cin} if transpose_kernel else {"I": cin, "O": cout}
+    io = {"I": cout // groups, "O": cin} if transpose_kernel else {"I": cin // groups, "O": cout}
     rhs_shape = [io[c] if c in io else kernel[spatial.index(c)] for c in rhs_spec]
     lhs = rng.standard_normal(lhs_shape).astype(dtype)
     rhs = rng.standard_normal(rhs_shape).astype(dtype)
     kw = dict(rhs_dilation=dilation, dimension_numbers=dimension_numbers, transpose_kernel=transpose_kernel,
               use_consistent_padding=consistent)
-    got = jaxseg.conv_transpose(lhs, rhs, strides, padding, **kw)
-    want_lax = jax.eval_shape(lambda a, b: lax.conv_transpose(a, b, strides, padding, **kw), lhs, rhs)
-    assert got.shape == want_lax.shape and got.dtype == want_lax.dtype
-    x, w = to_canonical(np.asarray(lhs, np.float64), np.asarray(rhs, np.float64), dn, transpose_kernel)
-    pads = explicit_pads(padding, kernel, strides, dilation or (1,) * n, consistent)
-    want = from_canonical(conv_transpose_ref(x, w, strides, pads, dilation), out_spec, rhs_spec)
+    got = jaxseg.conv_transpose(lhs, rhs, strides, padding, **kw, feature_group_count=groups)
+    if groups == 1:
+      want_lax = jax.eval_shape(lambda a, b: lax.conv_transpose(a, b, strides, padding, **kw), lhs, rhs)
+      assert got.shape == want_lax.shape and got.dtype == want_lax.dtype
+    assert got.dtype == lhs.dtype
+    x, w = to_canonical(np.asarray(lhs, np.float64), np.asarray(rhs, np.float64), dn, transpose_kernel, groups)
+    pads = explicit_padding(padding, kernel, strides, dilation, consistent)
+    want = from_canonical(conv_transpose_ref(x, w, strides, pads, dilation, groups), out_spec, rhs_spec)
     assert_close(got, want)
     return got
 
@@ -69,8 +61,12 @@ GRID = GEOMETRY_GRID + SPARSE_GRID
 @pytest.mark.parametrize("in_spatial,kernel,strides,padding", GRID)
 @pytest.mark.parametrize("transpose_kernel", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_grid(rng, in_spatial, kernel, strides, padding, transpose_kernel, dtype):
-  run_case(rng, in_spatial, kernel, strides, padding, transpose_kernel=transpose_kernel, dtype=dtype)
+@pytest.mark.parametrize("groups", [1, 2], ids=lambda g: f"G{g}")
+def test_grid(rng, in_spatial, kernel, strides, padding, transpose_kernel, dtype, groups):
+  # Grouped: 2 input and 3 output channels per group (transpose_kernel reads the kernel's axes the other way).
+  channels = dict(cin=4, cout=6) if groups > 1 else {}
+  run_case(rng, in_spatial, kernel, strides, padding, transpose_kernel=transpose_kernel, dtype=dtype,
+           groups=groups, **channels)
 
 
 @pytest.mark.parametrize("in_spatial,kernel,strides,padding", [
@@ -236,7 +232,7 @@ def test_half_precision(rng, dtype, preferred):
   got = jaxseg.conv_transpose(lhs, rhs, (2, 2), "SAME", preferred_element_type=preferred)
   want_lax = lax.conv_transpose(lhs, rhs, (2, 2), "SAME", preferred_element_type=preferred)
   assert got.dtype == want_lax.dtype == (preferred or dtype)
-  pads = explicit_pads("SAME", (4, 3), (2, 2), (1, 1), False)
+  pads = explicit_padding("SAME", (4, 3), (2, 2))
   want = conv_transpose_ref(np.asarray(lhs, np.float64), np.asarray(rhs, np.float64), (2, 2), pads)
   assert_close(got, want)
 
@@ -247,7 +243,7 @@ def test_preferred_float64_from_float32(rng):
     rhs = rng.standard_normal((3, 3, 4)).astype(np.float32)
     got = jaxseg.conv_transpose(lhs, rhs, (2,), "VALID", preferred_element_type=jnp.float64)
     assert got.dtype == np.float64
-    want = conv_transpose_ref(lhs, rhs, (2,), explicit_pads("VALID", (3,), (2,), (1,), False))
+    want = conv_transpose_ref(lhs, rhs, (2,), explicit_padding("VALID", (3,), (2,)))
     assert_close(got, want)
 
 
@@ -277,23 +273,32 @@ def test_jit_matches_eager(rng):
   np.testing.assert_array_equal(jax.jit(f)(lhs, rhs), f(lhs, rhs))
 
 
-def test_repeated_runs_over_poisoned_memory(rng):
-  """Every output element is written on every run: results are bit-identical across runs even when the
-  allocator hands back memory just filled with NaN, and never contain NaN."""
+@pytest.mark.parametrize("pass_name", ["forward", "input_grad", "weight_grad"])
+def test_repeated_runs_over_poisoned_memory(rng, pass_name):
+  """Every output element is written on every run. Each run hands the pass a result buffer just filled with
+  NaN: a donated argument that XLA aliases to the result, so the pass's output memory is that buffer (the
+  buffer addresses confirm it, so the test cannot pass vacuously), not whatever the allocator happens to reuse.
+  The results never contain NaN and are bit-identical across runs."""
   lhs = jnp.asarray(rng.standard_normal((3, 9, 7, 5)), jnp.float32)
   rhs = jnp.asarray(rng.standard_normal((3, 4, 5, 6)), jnp.float32)
-  kw = dict(strides=(2, 3), padding=[(2, 0), (1, -1)])
-  fwd = jax.jit(lambda a, b: jaxseg.conv_transpose(a, b, **kw))
-  grads = jax.jit(jax.grad(lambda a, b: jnp.sum(jaxseg.conv_transpose(a, b, **kw) ** 2), (0, 1)))
-  first = [np.asarray(fwd(lhs, rhs))] + [np.asarray(g) for g in grads(lhs, rhs)]
-  for _ in range(20):
-    for arr in first:
-      poison = jnp.full(arr.shape, jnp.nan, arr.dtype).block_until_ready()
-      del poison
-    again = [np.asarray(fwd(lhs, rhs))] + [np.asarray(g) for g in grads(lhs, rhs)]
-    for a, b in zip(first, again):
-      assert not np.isnan(b).any()
-      np.testing.assert_array_equal(a, b)
+  conv = lambda a, b: jaxseg.conv_transpose(a, b, strides=(2, 3), padding=[(2, 0), (1, -1)])
+  ct = jnp.asarray(rng.standard_normal(jax.eval_shape(conv, lhs, rhs).shape), jnp.float32)
+  f = {"forward": lambda a, b, c: conv(a, b),
+       "input_grad": lambda a, b, c: jax.vjp(lambda a: conv(a, b), a)[1](c)[0],
+       "weight_grad": lambda a, b, c: jax.vjp(lambda b: conv(a, b), b)[1](c)[0]}[pass_name]
+  result = jax.eval_shape(f, lhs, rhs, ct)
+  run = jax.jit(lambda poisoned, a, b, c: f(a, b, c), donate_argnums=0, keep_unused=True)
+  first = None
+  for _ in range(5):
+    poisoned = jnp.full(result.shape, jnp.nan, result.dtype).block_until_ready()
+    address = poisoned.unsafe_buffer_pointer()
+    got = run(poisoned, lhs, rhs, ct)
+    assert got.unsafe_buffer_pointer() == address, "the result was not written into the poisoned buffer"
+    got = np.asarray(got)
+    assert not np.isnan(got).any()
+    if first is None:
+      first = got
+    np.testing.assert_array_equal(got, first)
 
 
 def test_odd_output_sizes_have_no_extra_elements(rng):
@@ -355,8 +360,10 @@ def test_randomized(data):
   else:
     padding = mode
   seed = data.draw(st.integers(0, 2**31), label="seed")
+  groups = data.draw(st.sampled_from([1, 1, 2, 3]), label="groups")
+  cin, cout = (data.draw(st.integers(1, 5 if groups == 1 else 2)) * groups for _ in range(2))
   run_case(np.random.default_rng(seed), in_spatial, kernel, strides, padding, dilation=dilation,
-           batch=data.draw(st.integers(1, 3)), cin=data.draw(st.integers(1, 5)), cout=data.draw(st.integers(1, 5)),
+           batch=data.draw(st.integers(1, 3)), cin=cin, cout=cout, groups=groups,
            transpose_kernel=data.draw(st.booleans()), dtype=data.draw(st.sampled_from(DTYPES), label="dtype"))
 
 

@@ -5,7 +5,6 @@ neither any XLA `convolution`. The README's fallback rows (integer, complex) are
 which is also the positive control of the patterns."""
 
 import contextlib
-import re
 
 import flax.linen as fnn
 import jax
@@ -17,17 +16,11 @@ from jax import lax
 
 import jaxseg
 from conftest import x64
-from jaxseg._passes import FORWARD, PASSES
-
-ALL_TARGETS = {p.target for p in PASSES}
+from hlo import ALL_TARGETS, FORWARD_TARGETS, compiled_hlo, custom_call_targets, has_convolution
 
 
 def _audit(hlo):
-  return set(re.findall(r'custom_call_target="(jaxseg[^"]+)"', hlo)), bool(re.search(r"\bconvolution\(", hlo))
-
-
-def _compiled(fn, *args):
-  return jax.jit(fn).lower(*args).compile().as_text()
+  return custom_call_targets(hlo, "jaxseg"), has_convolution(hlo)
 
 
 def _loss(f):
@@ -35,9 +28,9 @@ def _loss(f):
 
 
 def _check_on_kernels(f, *args):
-  targets, conv = _audit(_compiled(f, *args))
-  assert targets == {FORWARD.target} and not conv, (targets, conv)
-  targets, conv = _audit(_compiled(jax.grad(_loss(f), tuple(range(len(args)))), *args))
+  targets, conv = _audit(compiled_hlo(f, *args))
+  assert targets == FORWARD_TARGETS and not conv, (targets, conv)
+  targets, conv = _audit(compiled_hlo(jax.grad(_loss(f), tuple(range(len(args)))), *args))
   assert targets == ALL_TARGETS and not conv, (targets, conv)
 
 
@@ -139,7 +132,7 @@ def test_fallback_rows_go_to_lax(rng, dtype):
   """The README's fallback rows, and the positive control of the audit's patterns."""
   x = (rng.standard_normal((2, 5, 3)) * 4).astype(dtype)
   w = (rng.standard_normal((3, 3, 4)) * 4).astype(dtype)
-  targets, conv = _audit(_compiled(lambda x, w: jaxseg.conv_transpose(x, w, (2,), "SAME"), x, w))
+  targets, conv = _audit(compiled_hlo(lambda x, w: jaxseg.conv_transpose(x, w, (2,), "SAME"), x, w))
   assert not targets and conv
 
 
@@ -148,5 +141,5 @@ def test_flax_reference_modules_use_convolution(rng):
   m = fnn.ConvTranspose(8, (4, 4), (2, 2))
   x = jnp.ones((2, 7, 7, 5))
   params = m.init(jax.random.key(0), x)
-  targets, conv = _audit(_compiled(jax.grad(lambda p: jnp.sum(m.apply(p, x) ** 2)), params))
+  targets, conv = _audit(compiled_hlo(jax.grad(lambda p: jnp.sum(m.apply(p, x) ** 2)), params))
   assert not targets and conv

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 import jaxseg
 
@@ -28,6 +29,19 @@ W = np.ones((3, 3, 3, 4), np.float32)
     ((X, W, (2, 2), "SAME"), {"rhs_dilation": (1, 1, 1)}, ValueError, "rhs_dilation"),
     ((X, W, (2, 2), "SAME"), {"dimension_numbers": ("NHWC", "HWIO")}, TypeError, "dimension_numbers"),
     ((X, W, (2, 2), "SAME"), {"dimension_numbers": ("NHWC", "HWXO", "NHWC")}, TypeError, "dimension_numbers"),
+    ((X, W, (2, 2), "SAME"), {"dimension_numbers": ("NHC", "HIO", "NHC")}, TypeError, "dimension_numbers"),
+    ((X, W, (2, 2), "SAME"), {"dimension_numbers": ("NHWC", "HWIO", "NHWDC")}, TypeError, "dimension_numbers"),
+    # A ConvDimensionNumbers object, which lax passes through unchecked: of another rank, or not a permutation.
+    ((X, W, (2, 2), "SAME"), {"dimension_numbers": lax.ConvDimensionNumbers((0, 2, 1), (2, 1, 0), (0, 2, 1))},
+     ValueError, r"dimension_numbers .* its lhs spec \(0, 2, 1\) must order the 4 axes"),
+    ((X, W, (2, 2), "SAME"), {"dimension_numbers": lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1),
+                                                                             (0, 3, 1, 2, 4))},
+     ValueError, "dimension_numbers .* its out spec"),
+    ((X, W, (2, 2), "SAME"), {"dimension_numbers": lax.ConvDimensionNumbers((0, 3, 1, 1), (3, 2, 0, 1),
+                                                                             (0, 3, 1, 2))},
+     ValueError, "dimension_numbers .* its lhs spec"),
+    ((X, W, (2, 2), "SAME"), {"dimension_numbers": lax.ConvDimensionNumbers("NHWC", "HWIO", "NHWC")},
+     ValueError, "dimension_numbers .* its lhs spec"),
     ((X, W.astype(np.float16), (2, 2), "SAME"), {}, TypeError, "same dtype"),
     ((X, W, (2, 2), "SAME"), {"preferred_element_type": jnp.bfloat16}, TypeError, "preferred_element_type"),
     ((X, W, (2, 2), "SAME"), {"precision": "bogus"}, ValueError, "precision"),

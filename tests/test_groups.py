@@ -2,7 +2,6 @@
 orientation and against `lax.conv_general_dilated(..., feature_group_count=G)` in lax's, forward and both
 gradients, under vmap, in every dtype, and compiled to our custom calls alone."""
 
-import re
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +11,9 @@ from flax import nnx
 from jax import lax
 
 import jaxseg
-from jaxseg._passes import PASSES
 from conftest import x64
+from hlo import ALL_TARGETS, FORWARD_TARGETS, compiled_ops
+from reference import DEFAULT_DIMENSION_NUMBERS, explicit_padding
 from tolerances import assert_close
 
 
@@ -22,9 +22,7 @@ def lax_grouped(lhs, rhs, strides, pads, *, rhs_dilation=None, dimension_numbers
   """What conv_transpose with groups and transpose_kernel=False means: lax's grouped convolution with lhs
   dilation."""
   n = lhs.ndim - 2
-  if dimension_numbers is None:
-    spec = "HWD"[:n]
-    dimension_numbers = (f"N{spec}C", f"{spec}IO", f"N{spec}C")
+  dimension_numbers = dimension_numbers or DEFAULT_DIMENSION_NUMBERS[n]
   return lax.conv_general_dilated(lhs, rhs, (1,) * n, pads, lhs_dilation=strides, rhs_dilation=rhs_dilation,
                                   dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                                   **kw)
@@ -105,22 +103,9 @@ LAX_CASES = [
 
 def _explicit(padding, rhs, strides, kw):
   """'SAME'/'VALID' as the explicit pads conv_transpose reads them (jax.lax.conv_transpose's meaning)."""
-  if not isinstance(padding, str):
-    return padding
   dn = lax.conv_dimension_numbers((1,) * rhs.ndim, rhs.shape, kw.get("dimension_numbers") or
-                                  {3: ("NHC", "HIO", "NHC"), 4: ("NHWC", "HWIO", "NHWC"),
-                                   5: ("NHWDC", "HWDIO", "NHWDC")}[rhs.ndim])
-  dilation = kw.get("rhs_dilation") or (1,) * len(strides)
-  pads = []
-  for a, s, d in zip(dn.rhs_spec[2:], strides, dilation):
-    k = d * (rhs.shape[a] - 1) + 1
-    if padding == "SAME":
-      total = k + s - 2
-      lo = k - 1 if s > k - 1 else -(-total // 2)
-    else:
-      total, lo = k + s - 2 + max(k - s, 0), k - 1
-    pads.append((lo, total - lo))
-  return pads
+                                  DEFAULT_DIMENSION_NUMBERS[rhs.ndim - 2])
+  return explicit_padding(padding, [rhs.shape[a] for a in dn.rhs_spec[2:]], strides, kw.get("rhs_dilation"))
 
 
 @pytest.mark.parametrize("lhs_shape,rhs_shape,strides,padding,groups,kw", LAX_CASES)
@@ -194,21 +179,16 @@ def test_vmap(rng, in_axes, transpose_kernel):
       assert_close(a[i], c)
 
 
-def _compiled_ops(fn, *args):
-  hlo = jax.jit(fn).lower(*args).compile().as_text()
-  return set(re.findall(r'custom_call_target="([^"]+)"', hlo)), bool(re.search(r"\bconvolution\(", hlo))
-
-
 @pytest.mark.parametrize("transpose_kernel", [False, True])
 def test_hlo_holds_only_our_custom_calls(rng, transpose_kernel):
   x = jnp.asarray(rng.standard_normal((4, 7, 7, 16)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((4, 4, 2, 16)), jnp.float32)  # C_out / G or C_in / G = 2, G = 8
   fwd = lambda x, w: jaxseg.conv_transpose(x, w, (2, 2), "SAME", transpose_kernel=transpose_kernel,
                                            feature_group_count=8)
-  targets, has_conv = _compiled_ops(fwd, x, w)
-  assert targets == {PASSES[0].target} and not has_conv
-  targets, has_conv = _compiled_ops(jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1)), x, w)
-  assert targets == {p.target for p in PASSES} and not has_conv
+  targets, has_conv = compiled_ops(fwd, x, w)
+  assert targets == FORWARD_TARGETS and not has_conv
+  targets, has_conv = compiled_ops(jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1)), x, w)
+  assert targets == ALL_TARGETS and not has_conv
 
 
 # --------------------------------------------------------------------------------------------------------------

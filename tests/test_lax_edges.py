@@ -9,6 +9,7 @@ from jax import lax
 
 import jaxseg
 from conftest import x64
+from hlo import compiled_ops
 from tolerances import assert_close
 
 
@@ -91,8 +92,8 @@ def test_dot_algorithm_reaches_the_kernels(rng):
   lhs = rng.standard_normal((2, 5, 3)).astype(np.float32)
   rhs = rng.standard_normal((3, 3, 4)).astype(np.float32)
   f = lambda x, w: jaxseg.conv_transpose(x, w, (2,), "SAME", precision=lax.DotAlgorithmPreset.F32_F32_F32)
-  hlo = jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w)), (0, 1))).lower(lhs, rhs).compile().as_text()
-  assert "jaxseg_conv_transpose_weight_grad" in hlo and "convolution(" not in hlo
+  targets, has_conv = compiled_ops(jax.grad(lambda x, w: jnp.sum(f(x, w)), (0, 1)), lhs, rhs)
+  assert "jaxseg_conv_transpose_weight_grad" in targets and not has_conv
 
 
 @pytest.mark.parametrize("kwargs,named", [
@@ -125,3 +126,36 @@ def test_torch_style_accepts_the_largest_output_padding():
                                            rngs=nnx.Rngs(0))
   # PyTorch: (H - 1) * s - 2 * p + d * (k - 1) + output_padding + 1 per axis.
   assert m(jnp.ones((1, 5, 5, 3))).shape == (1, 4 * 2 - 2 + 1 * 2 + 1 + 1, 4 * 2 - 2 + 3 * 2 + 2 + 1, 4)
+
+
+def _typed(v, dtype, weak):
+  """v as a `dtype` array, weakly typed (as a Python scalar broadcast to a shape is) when `weak`."""
+  from jax._src.lax import lax as lax_internal  # jax's own tests make weak arrays this way
+  return lax_internal._convert_element_type(jnp.asarray(v), np.dtype(dtype), weak_type=weak)
+
+
+@pytest.mark.parametrize("weak", [(True, True), (True, False), (False, True), (False, False)], ids=str)
+@pytest.mark.parametrize("dtype,preferred", [(np.float32, None), (np.float32, np.float32),
+                                             (jnp.bfloat16, np.float32), (np.float32, np.float64)], ids=str)
+@pytest.mark.parametrize("transpose_kernel", [False, True])
+def test_weak_type_as_lax(rng, weak, dtype, preferred, transpose_kernel):
+  """The result is weakly typed exactly where lax's is (both operands weak, whatever preferred_element_type),
+  forward and both gradients, so `y + bfloat16_array` stays bfloat16 as it does after lax."""
+  def passes(impl):
+    conv = lambda x, w: impl(x, w, (2, 3), "SAME", transpose_kernel=transpose_kernel,
+                             preferred_element_type=preferred)
+    def run(x, w):
+      y, vjp = jax.vjp(conv, x, w)
+      return (y, *vjp(y))  # the result's own type as the cotangent
+    return run
+
+  with x64():
+    x = _typed(rng.standard_normal((2, 5, 4, 3)), dtype, weak[0])
+    w = _typed(rng.standard_normal((3, 2, 3, 3)), dtype, weak[1])
+    ours = passes(jaxseg.conv_transpose)(x, w)
+    theirs = jax.eval_shape(passes(lax.conv_transpose), x, w)
+    for name, a, b in zip(("forward", "input_grad", "weight_grad"), ours, theirs):
+      assert (a.shape, a.dtype, a.weak_type) == (b.shape, b.dtype, b.weak_type), name
+    assert ours[0].weak_type == all(weak)
+    sixteen = jnp.ones(ours[0].shape, jnp.bfloat16)
+    assert (ours[0] + sixteen).dtype == (jnp.bfloat16 if all(weak) else ours[0].dtype)

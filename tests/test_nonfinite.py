@@ -15,7 +15,7 @@ from jax import lax
 
 import jaxseg
 from conftest import x64
-from reference import linked_passes, to_canonical, transpose_padding
+from reference import DEFAULT_DIMENSION_NUMBERS, explicit_padding, linked_passes, to_canonical
 from tolerances import assert_close
 
 
@@ -76,10 +76,8 @@ def test_nonfinite_propagation(request, platform, rng, x_shape, w_shape, strides
     if max(strides) > 1:
       _assert_same_nonfinite(got[0], lax.conv_transpose(x, w, **kw), "forward against lax", dtype)
   n = len(strides)
-  dn = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}[n]
-  xc, wc = to_canonical(x, w, dn, transpose_kernel)
-  pads = ([transpose_padding(k, s, padding) for k, s in zip(w_shape[:n], strides)] if isinstance(padding, str)
-          else padding)
+  xc, wc = to_canonical(x, w, DEFAULT_DIMENSION_NUMBERS[n], transpose_kernel)
+  pads = explicit_padding(padding, w_shape[:n], strides)
   y, dx, dw = linked_passes(xc, wc, ct, strides, pads)
   if transpose_kernel:  # the weight gradient in the kernel's own (flipped) layout
     dw = np.swapaxes(np.flip(dw, axis=tuple(range(n))), -1, -2)

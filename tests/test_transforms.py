@@ -1,6 +1,5 @@
 """Gradients (all orders, both modes), vmap in all three forms, and the compiled HLO."""
 
-import re
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +9,8 @@ from jax import lax
 from jax.test_util import check_grads
 
 import jaxseg
-from jaxseg._passes import FORWARD, PASSES
 from conftest import x64
+from hlo import ALL_TARGETS, FORWARD_TARGETS, compiled_hlo, custom_call_targets, has_convolution, layout_ops
 from tolerances import assert_close
 
 CASES = [
@@ -118,34 +117,17 @@ def test_nested_vmap_of_grad(rng):
   assert_close(f(jaxseg.conv_transpose)(x, w), f(lax.conv_transpose)(x, w))
 
 
-def _hlo(fn, *args):
-  return jax.jit(fn).lower(*args).compile().as_text()
-
-
-def _targets(hlo):
-  return set(re.findall(r'custom_call_target="([^"]+)"', hlo))
-
-
-def _has_convolution(hlo):
-  return bool(re.search(r"\bconvolution\(", hlo))
-
-
-def _layout_ops(hlo):
-  """Instructions that copy or permute (not names in op_name metadata: an op follows the result shape)."""
-  return re.findall(r"[\]}] (reverse|transpose|copy)\(", hlo)
-
-
 def test_hlo_uses_our_custom_calls(rng):
   """No silent fallback: a plain 2-D call and its training step compile to our custom calls, no XLA conv. The
   patterns are checked on lax's own call first (a positive control: they must find its convolution)."""
   x, w = _inputs(rng, (8, 7, 7, 16), (4, 4, 16, 8), jnp.float32)
-  control = _hlo(lambda x, w: lax.conv_transpose(x, w, (2, 2), "SAME"), x, w)
-  assert _has_convolution(control) and not _targets(control)
+  control = compiled_hlo(lambda x, w: lax.conv_transpose(x, w, (2, 2), "SAME"), x, w)
+  assert has_convolution(control) and not custom_call_targets(control)
   fwd = lambda x, w: jaxseg.conv_transpose(x, w, (2, 2), "SAME")
-  hlo = _hlo(fwd, x, w)
-  assert _targets(hlo) == {FORWARD.target} and not _has_convolution(hlo)
-  hlo = _hlo(jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1)), x, w)
-  assert _targets(hlo) == {p.target for p in PASSES} and not _has_convolution(hlo)
+  hlo = compiled_hlo(fwd, x, w)
+  assert custom_call_targets(hlo) == FORWARD_TARGETS and not has_convolution(hlo)
+  hlo = compiled_hlo(jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1)), x, w)
+  assert custom_call_targets(hlo) == ALL_TARGETS and not has_convolution(hlo)
 
 
 def test_pytorch_oriented_kernel_is_not_copied(rng):
@@ -155,8 +137,8 @@ def test_pytorch_oriented_kernel_is_not_copied(rng):
   x, w = _inputs(rng, (8, 7, 7, 16), (4, 4, 8, 16), jnp.float32)
   nchw = lambda x, w: jaxseg.conv_transpose(x, w, (2, 2), "SAME", dimension_numbers=("NCHW", "HWIO", "NCHW"),
                                             transpose_kernel=True)
-  assert _layout_ops(_hlo(nchw, jnp.moveaxis(x, -1, 1), w))
+  assert layout_ops(compiled_hlo(nchw, jnp.moveaxis(x, -1, 1), w))
   fwd = lambda x, w: jaxseg.conv_transpose(x, w, (2, 2), "SAME", transpose_kernel=True)
   for fn in (fwd, jax.grad(lambda x, w: jnp.sum(fwd(x, w) ** 2), (0, 1))):
-    hlo = _hlo(fn, x, w)
-    assert _targets(hlo) and not _layout_ops(hlo), hlo
+    hlo = compiled_hlo(fn, x, w)
+    assert custom_call_targets(hlo) and not layout_ops(hlo), hlo
