@@ -3,9 +3,11 @@ every argument (any number of batch axes, int/pair/str padding, 'CIRCULAR'), jax
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 from flax.linen.linear import canonicalize_padding
 
 from jaxseg._conv import _feature_group_count, conv_transpose, torch_padding
@@ -73,10 +75,43 @@ def apply(inputs, kernel, bias, *, kernel_size, strides, padding, kernel_dilatio
   return y.reshape(batch_shape + y.shape[1:])
 
 
-def torch_module_args(kernel_size, stride, padding, output_padding, dilation, groups=1):
-  """Module arguments that give PyTorch's ConvTranspose meaning of stride/padding/output_padding/dilation/groups."""
+def torch_module_args(kernel_size, stride, padding, output_padding, dilation, groups=1, features=()):
+  """Module arguments that give PyTorch's ConvTranspose meaning of stride/padding/output_padding/dilation/groups.
+
+  `features` holds (name, count) pairs that `groups` must divide (PyTorch's in_channels and out_channels). Raises
+  TypeError or ValueError naming `groups` (PyTorch's name) where it is not a positive integer dividing them."""
+  if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+    raise TypeError(f"groups must be an integer, got {groups!r}")
+  if groups < 1:
+    raise ValueError(f"groups must be >= 1, got {groups}")
+  for name, count in features:
+    if count % groups:
+      raise ValueError(f"groups={groups} must divide {name} ({count})")
   n = len(kernel_size) if isinstance(kernel_size, Sequence) else 1
   ks = as_tuple(kernel_size, n)
   return dict(kernel_size=ks, strides=as_tuple(stride, n), kernel_dilation=as_tuple(dilation, n),
               padding=torch_padding(ks, padding, output_padding, dilation, stride=stride), transpose_kernel=True,
-              feature_group_count=groups)
+              feature_group_count=int(groups))
+
+
+def with_keyword(parent, name: str, default, annotation):
+  """`parent`'s signature with one keyword-only parameter more (before any **kwargs), for `__signature__`:
+  help() and IDEs then show flax's or equinox's arguments rather than `(*args, **kwargs)`."""
+  sig = inspect.signature(parent)
+  params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+  extra = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+  params.append(extra)
+  params += [p for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD]
+  return sig.replace(parameters=params)
+
+
+class ClassSignature:
+  """A class's `__signature__`: its `__init__`'s without `self`. flax's nnx and equinox modules are made by a
+  metaclass whose `__call__(*args, **kwargs)` hides `__init__` from `inspect.signature`, hence from help() and
+  IDEs. On an instance, AttributeError: inspect then reads the instance's `__call__`."""
+
+  def __get__(self, obj, cls):
+    if obj is not None:
+      raise AttributeError("__signature__")
+    sig = inspect.signature(cls.__init__)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])

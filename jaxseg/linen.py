@@ -62,4 +62,5 @@ class ConvTranspose(nn.ConvTranspose):
     image treats its rows as more batch).
     """
     return cls(features=features, **_layer.torch_module_args(kernel_size, stride, padding, output_padding,
-                                                             dilation, groups), **kwargs)
+                                                             dilation, groups, features=(("features", features),)),
+               **kwargs)

@@ -49,6 +49,10 @@ class ConvTranspose(nnx.ConvTranspose):
     self.kernel_shape = shape
     self.feature_group_count = feature_group_count
 
+  # flax's arguments and ours, for help() and IDEs (the code above takes flax's through **kwargs).
+  __init__.__signature__ = _layer.with_keyword(nnx.ConvTranspose.__init__, "feature_group_count", 1, int)
+  __signature__ = _layer.ClassSignature()
+
   def __call__(self, inputs):
     _layer.check_mask(self.mask, self.kernel_shape)
     kernel = self.kernel[...]
@@ -75,5 +79,6 @@ class ConvTranspose(nnx.ConvTranspose):
     `kernel_size` makes a 1-D layer, as in nnx.ConvTranspose, so write `(4, 4)` for a 2-D one (a 1-D layer
     applied to an image treats its rows as more batch).
     """
-    return cls(in_features, out_features, **_layer.torch_module_args(kernel_size, stride, padding, output_padding,
-                                                                      dilation, groups), rngs=rngs, **kwargs)
+    args = _layer.torch_module_args(kernel_size, stride, padding, output_padding, dilation, groups,
+                                    features=(("in_features", in_features), ("out_features", out_features)))
+    return cls(in_features, out_features, **args, rngs=rngs, **kwargs)

@@ -1,9 +1,15 @@
 """The benchmark CLI (`python -m jaxseg.bench`): a short run on a small suite, its table, JSON and plot."""
 
 import json
+import os
+import pathlib
+
 import pytest
 
-from jaxseg.bench import cli
+from jaxseg.bench import cli, report
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
 
 LAYERS = {"layers": [
     {"name": "tiny-2d", "source": "test", "N": 2, "in": [5, 6], "c_in": 8, "c_out": 4, "kernel": [4, 4],
@@ -25,7 +31,18 @@ def test_cli_runs_and_writes_results(tmp_path, capsys):
   table = capsys.readouterr().out
   assert all(layer["name"] in table for layer in LAYERS["layers"]) and "geomean" in table
   result = json.loads(out.read_text())
-  assert result["schema"] == "jaxseg-bench/2" and result["config"]["repeats"] == 3
+  assert result["schema"] == "jaxseg-bench/3" and result["config"]["repeats"] == 3
+  # Provenance: when, on what code and machine, under what load.
+  prov = result["provenance"]
+  assert prov["date"].startswith("20") and prov["date"].endswith("+00:00")
+  assert prov["commit"] is None or len(prov["commit"]) == 40
+  assert prov["cores_usable"] >= 1 and isinstance(prov["cpu_flags"], list)
+  if hasattr(os, "getloadavg"):
+    assert len(prov["load_average"]["start"]) == 3 and len(prov["load_average"]["end"]) == 3
+  # The report renders it, with every row.
+  text = report.render(report._parser().parse_args([str(out)]))
+  assert f"Recorded {prov['date'][:10]}" in text and "load average" in text and "not recorded" not in text
+  assert all(layer["name"] in text for layer in LAYERS["layers"])
   rows = result["rows"]
   assert [(r["layer"], r["pass"]) for r in rows] == [(l["name"], p) for l in LAYERS["layers"]
                                                     for p in ("forward", "input_grad", "weight_grad")]
@@ -93,3 +110,60 @@ def test_bad_arguments_are_named(argv, named, capsys):
     cli.main(argv)
   assert e.value.code == 2
   assert named in capsys.readouterr().err
+
+
+def test_unknown_layer_lists_the_layers(tmp_path):
+  layers = tmp_path / "layers.json"
+  layers.write_text(json.dumps(LAYERS))
+  with pytest.raises(SystemExit) as e:
+    cli.main(["--layers", str(layers), "--only", "tiny-2d,nope", "--no-progress"])
+  message = str(e.value.code)
+  assert "nope" in message and all(layer["name"] in message for layer in LAYERS["layers"])
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.name)
+def test_recorded_files_carry_provenance(path):
+  """Every recorded run says when and on what code it was recorded; runs recorded before the load was
+  measured say so."""
+  result = report.load(str(path))
+  prov = result["provenance"]
+  assert prov["date"] and len(prov["commit"]) == 40
+  line = report.provenance(result)
+  assert prov["date"][:10] in line and prov["commit"][:7] in line and result["machine"]["cpu"] in line
+  if prov["load_average"] is None:
+    assert "load average not recorded" in line
+
+
+def test_docs_tables_come_from_the_recorded_files():
+  """The README's and the docs' tables are what `python -m jaxseg.bench report` gives from the recorded files
+  (regenerate: python -m jaxseg.bench report --update README.md docs/performance.md)."""
+  pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+  marked = [p for p in pages if report.BEGIN.search(p.read_text())]
+  assert ROOT / "README.md" in marked and ROOT / "docs" / "performance.md" in marked
+  assert report.main(["--root", str(ROOT), "--check", *map(str, marked)]) == 0
+
+
+def test_report_detects_a_stale_table(tmp_path, capsys):
+  page = tmp_path / "page.md"
+  src = os.path.relpath(RESULTS[0], tmp_path)
+  page.write_text(f"<!-- bench report: --headline {src} -->\n| stale |\n<!-- end bench report -->\n")
+  assert report.main(["--root", str(tmp_path), "--check", str(page)]) == 1
+  assert "out of date" in capsys.readouterr().err
+  assert report.main(["--root", str(tmp_path), "--update", str(page)]) == 0
+  assert report.main(["--root", str(tmp_path), "--check", str(page)]) == 0
+  assert "| stale |" not in page.read_text() and RESULTS[0].name in page.read_text()
+
+
+def test_report_command_prints_a_table(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["report", "--root", str(ROOT), "benchmarks/results/cpu-epyc-zen4-2core.json"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  assert "| ebgan-mnist-g1 | forward |" in out and "geometric mean speed-up over XLA" in out
+
+
+def test_report_refuses_other_json(tmp_path):
+  other = tmp_path / "x.json"
+  other.write_text(json.dumps({"schema": "something/1"}))
+  with pytest.raises(ValueError, match="not a jaxseg bench result"):
+    report.load(str(other))

@@ -10,9 +10,18 @@ speed-up of jaxseg over each peer, the fraction of the machine's sgemm rate (mea
 compiled temp memory of jaxseg and XLA. On a GPU each timed slice is a run of back-to-back calls with one wait at
 its end, so that a call's time is the device's rather than the host's round trip.
 
+`python -m jaxseg.bench report FILE...` renders recorded files as the Markdown tables of the README and the docs
+(`jaxseg/bench/report.py`).
+
 JSON schema (`--json FILE`)::
 
-  {"schema": "jaxseg-bench/2",                # /2 names the passes forward, input_grad, weight_grad
+  {"schema": "jaxseg-bench/3",                # /2 named the passes forward, input_grad, weight_grad; /3 adds
+                                              # "provenance"
+   "provenance": {"date",                     # ISO 8601, UTC, at the start of the run
+                  "commit", "dirty",          # git HEAD of jaxseg's source tree (None outside a git checkout)
+                  "cpu_flags",                # the CPU's vector and matrix units (from /proc/cpuinfo, as lscpu)
+                  "cores_usable",             # the cores this process may run on (sched_getaffinity)
+                  "load_average": {"start", "end"}},   # os.getloadavg(): 1, 5, 15 minutes
    "machine": {"platform", "device", "cpu", "cores", "isa"}, "versions": {"jax", "jaxlib", "jaxseg", "torch"},
    "config": {"dtype", "device", "repeats", "transpose_kernel", "layers_file", "timing"},
    "matmul_gflops": float,                     # measured sgemm (or bf16 gemm) rate, same run (8192^3 on GPU)
@@ -52,6 +61,10 @@ PASSES = tuple(p.name for p in _passes.PASSES)  # forward, input_grad, weight_gr
 # Short names --passes also takes.
 PASS_ALIASES = {"fwd": "forward", "dx": "input_grad", "dw": "weight_grad"}
 IMPLS = ("jaxseg", "xla", "naive", "torch")
+# The /proc/cpuinfo flags that say which vector and matrix units a run had (what bounds its figures).
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "sve", "sve2", "bf16", "i8mm",
+             "sme")
 
 
 def load_layers(path: str | None):
@@ -258,16 +271,19 @@ def run(args, on_row=None):
   layers = load_layers(args.layers)
   if args.only:
     wanted = set(args.only.split(","))
+    if unknown := sorted(wanted - {l["name"] for l in layers}):
+      raise SystemExit(f"--only: no layer named {', '.join(unknown)} in "
+                       f"{args.layers or 'the built-in suite'}; the layers are {', '.join(l['name'] for l in layers)}")
     layers = [l for l in layers if l["name"] in wanted]
-    if not layers:
-      raise SystemExit(f"--only {args.only}: no such layer")
   passes = args.passes
+  started = _provenance()
   progress = _progress(len(layers) * len(passes), args.no_progress)
   gemm = matmul_gflops(dtype, device)
   rng = np.random.default_rng(0)
   rows = []
   result = {
-      "schema": "jaxseg-bench/2",
+      "schema": "jaxseg-bench/3",
+      "provenance": started,
       "machine": {"platform": device.platform, "device": device.device_kind, "cpu": _cpu_name(),
                   "cores": os.cpu_count(), "isa": jaxseg._ext.cpu.selected_isa()},
       "versions": {"jax": jax.__version__, "jaxlib": _jaxlib_version(),
@@ -315,11 +331,62 @@ def run(args, on_row=None):
              "speedup_vs_best_peer": (min(best) / ms["jaxseg"]) if best and ms.get("jaxseg") else None,
              "temp_bytes": {"jaxseg": temp.get("jaxseg"), "xla": temp.get("xla")}, "xla_ops": xla_ops}
       rows.append(row)
+      if started["load_average"]:
+        started["load_average"]["end"] = _load_average() or started["load_average"]["end"]
       if on_row is not None:
         on_row(result)
       progress(f"{layer['name']} {which}")
   progress(None)
   return result
+
+
+def _load_average():
+  try:
+    return [round(v, 2) for v in os.getloadavg()]
+  except OSError:  # not on every platform
+    return None
+
+
+def _git(*args):
+  import subprocess
+
+  src = os.path.dirname(os.path.dirname(os.path.abspath(jaxseg.__file__)))
+  try:
+    out = subprocess.run(["git", "-C", src, *args], capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_flags():
+  """The CPU_FLAGS this CPU has, in CPU_FLAGS' order; None where /proc/cpuinfo does not say."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith(("flags", "Features")):
+          have = set(line.split(":", 1)[1].split())
+          return [flag for flag in CPU_FLAGS if flag in have]
+  except OSError:
+    pass
+  return None
+
+
+def _provenance():
+  """When and where a run starts: the date, jaxseg's git commit, the CPU's units, the load; the end load is
+  updated after each row."""
+  import datetime
+
+  commit = _git("rev-parse", "HEAD")
+  # Tracked files only: a local change to the code measured is worth knowing, untracked results are not.
+  dirty = None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no"))
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except AttributeError:
+    usable = os.cpu_count()
+  load = _load_average()
+  return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "commit": commit, "dirty": dirty, "cpu_flags": _cpu_flags(), "cores_usable": usable,
+          "load_average": None if load is None else {"start": load, "end": load}}
 
 
 def _jaxlib_version():
@@ -424,7 +491,13 @@ def plot(result, path):
 
 
 def main(argv=None):
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["report"]:
+    from jaxseg.bench import report
+
+    raise SystemExit(report.main(argv[1:]))
   p = argparse.ArgumentParser(prog="python -m jaxseg.bench", description=__doc__.split("\n\n")[0],
+                              epilog="python -m jaxseg.bench report --help: Markdown tables of recorded runs",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--layers", help="layer suite JSON (default: the built-in suite)")
   p.add_argument("--only", help="comma-separated layer names")
