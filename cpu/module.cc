@@ -20,7 +20,6 @@
 #include "common/registrations.h"
 #include "cpu/buffer_cache.h"
 #include "cpu/handlers.h"
-#include "cuda/plan_executor.h"
 
 namespace nb = nanobind;
 
@@ -88,8 +87,6 @@ NB_MODULE(_jaxseg_cpu, m) {
   m.def("string_padding", &StringPaddingOrThrow, nb::arg("mode"), nb::arg("effective_kernel"), nb::arg("stride"));
   m.def("consistent_padding", &jaxseg::ConsistentPadding, nb::arg("effective_kernel"), nb::arg("pad_lo"),
         nb::arg("pad_hi"));
-  // The CUDA kernels' plans, run on the CPU (cuda/plan_executor.h): the tests' view of the GPU code.
-  jaxseg::gpu::RegisterPlanExecutor(m);
   m.def("torch_padding", &jaxseg::TorchPadding, nb::arg("kernel"), nb::arg("padding"), nb::arg("output_padding"),
         nb::arg("dilation"));
 }

@@ -21,10 +21,7 @@
 #include "common/conv_shape.h"
 #include "common/dtypes.h"
 #include "common/passes.h"
-// The 16-bit float conversions are the CPU kernels' (round to nearest even, as the GPU's stores): the executor
-// includes them as one more build of its own (cpu/numeric.h lives in a build's namespace).
-#define JAXSEG_ISA plan_executor
-#include "cpu/numeric.h"
+#include "common/half.h"
 #include "cuda/conv_plan.h"
 #include "cuda/direct_kernels.h"
 #include "cuda/tiled_cta.h"
@@ -34,7 +31,7 @@ namespace nb = nanobind;
 namespace jaxseg::gpu {
 namespace {
 
-namespace num = jaxseg::cpu::plan_executor;
+namespace num = jaxseg::half;  // the 16-bit floats, rounded to nearest even as the GPU's stores
 using num::bf16_t;
 using num::f16_t;
 using tiled::ChunkCopy;

@@ -3,7 +3,8 @@
 // cuda/tiled_cta.h, cuda/direct_kernels.h), with the PTX instructions (cp.async, ldmatrix, mma.sync, the TF32
 // rounding, warp shuffles) emulated as the PTX ISA defines them. It checks on the way what a GPU would not report:
 // every copy and load inside its tensor and aligned, every shared-memory tile fully written before it is read, and
-// every result element written exactly once. Compiled into the CPU extension (no CUDA needed); the tests run it
+// every result element written exactly once. Plain C++ (no CUDA needed), built only into the test-only module
+// jaxseg._jaxseg_plan_executor (cuda/plan_executor_module.cc, CMake option JAXSEG_TEST_MODULES); the tests run it
 // over the conformance grid against a float64 reference.
 #ifndef JAXSEG_CUDA_PLAN_EXECUTOR_H_
 #define JAXSEG_CUDA_PLAN_EXECUTOR_H_

@@ -15,8 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxseg import _jaxseg_cpu
-from gpu_plan import execute
+from gpu_plan import executor, execute
 from reference import GEOMETRY_GRID, conv_transpose_ref, input_grad_ref, transpose_padding, weight_grad_ref
 from tolerances import TF32_TOLERANCE, assert_close
 
@@ -195,7 +194,7 @@ def test_fast_divmod():
     values = np.concatenate([np.arange(0, 70), rng.integers(0, 2 ** 31, 200), [2 ** 31 - 1, divisor - 1,
                                                                                    divisor, divisor + 1]])
     values = [int(v) for v in values if 0 <= v < 2 ** 31]
-    got = _jaxseg_cpu.gpu_fast_divmod(divisor, values)
+    got = executor.gpu_fast_divmod(divisor, values)
     assert got == [divmod(v, divisor) for v in values], divisor
 
 
@@ -222,20 +221,20 @@ def test_suite_layers_run_on_the_cuda_kernels(layer, transpose_kernel):
   attrs = (list(s), [1] * n, [p[0] for p in pads], [p[1] for p in pads], transpose_kernel)
   aligned = ci % 8 == 0 and co % 8 == 0
   for pass_name, (a, b, r) in shapes.items():
-    assert _jaxseg_cpu.gpu_can_implement(pass_name, a, b, r, *attrs) == ""
+    assert executor.gpu_can_implement(pass_name, a, b, r, *attrs) == ""
     for dtype in ("bfloat16", "float32"):
-      report = _jaxseg_cpu.gpu_plan_describe(pass_name, a, b, r, *attrs, dtype)
+      report = executor.gpu_plan_describe(pass_name, a, b, r, *attrs, dtype)
       assert (report["path"] == "tiled") == aligned, (pass_name, dtype, report)
       assert report["blocks"] < 2 ** 31
 
 
 def test_limits_are_refused():
   attrs = lambda n: ([2] * n, [1] * n, [1] * n, [1] * n, False)
-  four_d = _jaxseg_cpu.gpu_can_implement("forward", [1, 1, 3, 3, 3, 3, 4], [1, 2, 2, 2, 2, 4, 4],
-                                         [1, 1, 6, 6, 6, 6, 4], *attrs(4))
+  four_d = executor.gpu_can_implement("forward", [1, 1, 3, 3, 3, 3, 4], [1, 2, 2, 2, 2, 4, 4],
+                                      [1, 1, 6, 6, 6, 6, 4], *attrs(4))
   assert "spatial axes" in four_d
-  big_kernel = _jaxseg_cpu.gpu_can_implement("forward", [1, 1, 9, 4], [1, 33, 4, 4], [1, 1, 17, 4],
-                                             [2], [1], [16], [16], False)
+  big_kernel = executor.gpu_can_implement("forward", [1, 1, 9, 4], [1, 33, 4, 4], [1, 1, 17, 4],
+                                          [2], [1], [16], [16], False)
   assert "kernel size" in big_kernel
 
 
