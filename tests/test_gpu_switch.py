@@ -89,6 +89,12 @@ def _f(x, w):
   return jaxseg.conv_transpose(x, w, (2,), "SAME")
 
 
+def _fresh():
+  """A jitted function jax has not lowered before: its lowering cache keys on the function (and on the switch, but
+  not on what a test patches into the seam), so each test lowers its own."""
+  return jax.jit(lambda x, w: _f(x, w))
+
+
 def _args():
   return jnp.ones((2, 7, 16), jnp.float32), jnp.ones((3, 16, 8), jnp.float32)
 
@@ -99,7 +105,7 @@ def _cuda_text(fn, platform="cuda"):
 
 
 def _lowers_to_ours(text):
-  has_ours = any(t in text for t in TARGETS)
+  has_ours = any(f"custom_call @{t}(" in text for t in TARGETS)
   has_xla = "stablehlo.convolution" in text
   assert has_ours != has_xla, text  # one or the other
   return has_ours
@@ -118,7 +124,7 @@ def _export_recording(fn, platform="cuda"):
 
 @needs_cuda_module
 def test_default_lowers_to_xla_and_warns_once():
-  text, warned = _export_recording(jax.jit(_f))
+  text, warned = _export_recording(_fresh())
   assert not _lowers_to_ours(text)
   assert len(warned) == 1, [str(w.message) for w in warned]
   message = str(warned[0].message)
@@ -138,20 +144,20 @@ def test_warning_is_a_runtime_warning_users_can_filter():
 @needs_cuda_module
 def test_opted_in_lowers_to_our_calls_silently():
   jaxseg.use_gpu_kernels(True)
-  text, warned = _export_recording(jax.jit(_f))
+  text, warned = _export_recording(_fresh())
   assert _lowers_to_ours(text) and warned == []
 
 
 def test_explicitly_off_lowers_to_xla_silently():
   jaxseg.use_gpu_kernels(False)
-  text, warned = _export_recording(jax.jit(_f))
+  text, warned = _export_recording(_fresh())
   assert not _lowers_to_ours(text) and warned == []
 
 
 @needs_cuda_module
 def test_a_function_compiled_before_the_switch_changes_follows_it():
   """The switch is part of jax's cache keys: the same jitted function lowered again sees the new value."""
-  fn = jax.jit(_f)
+  fn = _fresh()
   jaxseg.use_gpu_kernels(False)
   assert not _lowers_to_ours(_cuda_text(fn))
   jaxseg.use_gpu_kernels(True)
@@ -163,7 +169,7 @@ def test_a_function_compiled_before_the_switch_changes_follows_it():
 def test_switching_recompiles_a_jitted_function(rng):
   """jit's dispatch cache (the C++ fast path) keys on the switch too: a call after a change compiles again, and
   calls under a value seen before reuse that compilation."""
-  fn = jax.jit(_f)
+  fn = _fresh()
   x, w = rng.standard_normal((2, 7, 16)).astype(np.float32), rng.standard_normal((3, 16, 8)).astype(np.float32)
   want = np.asarray(fn(x, w))
   jaxseg.use_gpu_kernels(True)
@@ -182,7 +188,7 @@ def _gpu_device(capability, kind):
 def test_gpu_below_compute_capability_8_lowers_to_xla_and_warns_once(monkeypatch):
   jaxseg.use_gpu_kernels(True)
   monkeypatch.setattr(_gpu, "lowering_gpus", lambda ctx: [_gpu_device("7.5", "Tesla T4")])
-  text, warned = _export_recording(jax.jit(_f))
+  text, warned = _export_recording(_fresh())
   assert not _lowers_to_ours(text)
   assert len(warned) == 1
   message = str(warned[0].message)
@@ -196,7 +202,7 @@ def test_gpu_below_compute_capability_8_lowers_to_xla_and_warns_once(monkeypatch
 def test_gpu_of_compute_capability_8_or_newer_runs_our_calls(monkeypatch, capability):
   jaxseg.use_gpu_kernels(True)
   monkeypatch.setattr(_gpu, "lowering_gpus", lambda ctx: [_gpu_device(capability, "some GPU")])
-  text, warned = _export_recording(jax.jit(_f))
+  text, warned = _export_recording(_fresh())
   assert _lowers_to_ours(text) and warned == []
 
 
@@ -213,7 +219,7 @@ def test_lowering_gpus_are_the_cuda_devices_of_the_lowering():
   jaxseg.use_gpu_kernels(True)
   with pytest.MonkeyPatch.context() as m:
     m.setattr(_gpu, "lowering_gpus", spy)
-    _cuda_text(jax.jit(_f))
+    _cuda_text(_fresh())
   assert seen and all(gpus == [] for gpus in seen), seen
 
 
@@ -226,7 +232,7 @@ def test_missing_module_lowers_to_xla_and_warns_once(monkeypatch, built, error, 
   monkeypatch.setattr(_ext, "cuda", None)
   monkeypatch.setattr(_ext, "cuda_built", built)
   monkeypatch.setattr(_ext, "cuda_error", error)
-  text, warned = _export_recording(jax.jit(_f))
+  text, warned = _export_recording(_fresh())
   assert not _lowers_to_ours(text)
   assert len(warned) == 1
   message = str(warned[0].message)
@@ -238,5 +244,5 @@ def test_missing_module_lowers_to_xla_and_warns_once(monkeypatch, built, error, 
 @pytest.mark.parametrize("platform", ["rocm", "tpu"])
 def test_other_accelerators_always_lower_to_xla_silently(platform):
   jaxseg.use_gpu_kernels(True)
-  text, warned = _export_recording(jax.jit(_f), platform)
+  text, warned = _export_recording(_fresh(), platform)
   assert not _lowers_to_ours(text) and warned == []
