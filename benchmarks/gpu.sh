@@ -169,7 +169,7 @@ bench() {  # bench NAME SECONDS ARGS...
   local name=$1 want=$2
   shift 2
   if [ $dry_run = 1 ]; then
-    step "bench-$name" "$want" $python -m jaxseg.bench --device cpu --repeats 1 --budget 0.01 --no-progress \
+    step "bench-$name" "$want" $python -m jaxseg.bench --device cpu --repeats 3 --budget 0.01 --no-progress \
       --only ebgan-mnist-g2 --impls jaxseg,xla --json "$work/bench-$name.json" "$@"
   else
     step "bench-$name" "$want" $python -m jaxseg.bench --device gpu --repeats 5 --budget 0.1 --no-progress \
