@@ -7,6 +7,7 @@ where built); `jaxseg.linen.ConvTranspose` and `jaxseg.nnx.ConvTranspose` are dr
 
 from jaxseg import _ext  # noqa: F401  (registers the custom-call targets)
 from jaxseg._conv import conv_transpose, torch_padding
+from jaxseg._general import conv_general_dilated  # lax's signature; input-dilated calls on our kernels
 from jaxseg import linen, nnx  # noqa: E402  (flax modules: jaxseg.linen.ConvTranspose, jaxseg.nnx.ConvTranspose)
 from jaxseg import export  # noqa: E402  (jax.export helpers: jaxseg.export.export, jaxseg.export.deserialize)
 
@@ -27,4 +28,5 @@ def __getattr__(name):
 
 __version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it from here
 
-__all__ = ["conv_transpose", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx", "export", "__version__"]
+__all__ = ["conv_transpose", "conv_general_dilated", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx", "export",
+           "__version__"]
