@@ -9,6 +9,7 @@ On GPUs jaxseg's CUDA kernels are opt-in (`jaxseg.use_gpu_kernels`, `JAXSEG_GPU_
 
 from jaxseg import _ext  # noqa: F401  (registers the custom-call targets)
 from jaxseg._conv import conv_transpose, torch_padding
+from jaxseg._general import conv_general_dilated  # lax's signature; input-dilated calls on our kernels
 from jaxseg._environment import environment_info, print_environment_info
 from jaxseg._gpu import GpuFallbackWarning, gpu_kernels_enabled, use_gpu_kernels
 from jaxseg import linen, nnx  # noqa: E402  (flax modules: jaxseg.linen.ConvTranspose, jaxseg.nnx.ConvTranspose)
@@ -31,5 +32,6 @@ def __getattr__(name):
 
 __version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it from here
 
-__all__ = ["conv_transpose", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx", "export", "use_gpu_kernels",
-           "gpu_kernels_enabled", "GpuFallbackWarning", "environment_info", "print_environment_info", "__version__"]
+__all__ = ["conv_transpose", "conv_general_dilated", "torch_padding", "clear_cpu_buffer_cache", "linen", "nnx",
+           "export", "use_gpu_kernels", "gpu_kernels_enabled", "GpuFallbackWarning", "environment_info",
+           "print_environment_info", "__version__"]
