@@ -14,6 +14,7 @@ ceasing to apply. Checked on jax 0.10.2 and 0.12.0.1 (the supported range is in 
   jax._src.sharding_impls.SPMDAxisContext.mesh             the mesh of a lowering inside shard_map
   jax._src.sharding_impls.SPMDAxisContext.manual_axes      the mesh axes a shard_map is manual over
   jax._src.interpreters.mlir.LoweringParameters.for_export whether a lowering is for jax.export
+  jax._src.lax.lax._convert_element_type                   a cast that keeps a weakly typed value weak
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _devices_during_lowering = _lookup("jax._src.dispatch", "prim_requires_devices_d
 _ShardingContext = _lookup("jax._src.sharding_impls", "ShardingContext")
 _SPMDAxisContext = _lookup("jax._src.sharding_impls", "SPMDAxisContext")
 _LoweringParameters = _lookup("jax._src.interpreters.mlir", "LoweringParameters")
+_convert_element_type = _lookup("jax._src.lax.lax", "_convert_element_type")
 
 # Attributes of instances: probed on a value of each kind.
 _probe = jax.typeof(np.zeros((1,), np.float32))
@@ -111,3 +113,14 @@ def manual_axes(axis_context) -> frozenset:
 def lowering_for_export(ctx) -> bool:
   """Whether the lowering context `ctx` lowers for `jax.export` (False where jax does not say)."""
   return bool(getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False))
+
+
+def astype_keeping_weak_type(x, dtype):
+  """x cast to `dtype`, weakly typed where x is (`astype` makes a value strong; lax's rules keep a result weak
+  when its operands are, and so must ours). Without the internal: astype."""
+  dtype = np.dtype(dtype)
+  if x.dtype == dtype:
+    return x
+  if _convert_element_type is None:
+    return x.astype(dtype)
+  return _convert_element_type(x, dtype, weak_type=jax.typeof(x).weak_type)
