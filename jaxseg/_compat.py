@@ -18,6 +18,7 @@ ceasing to apply. Checked on jax 0.10.2 and 0.12.0.1 (the supported range is in 
     include_in_trace_context)                              (jaxseg.use_gpu_kernels), as jax's own options are
   Device.compute_capability                                a CUDA device's compute capability ("9.0"); not
                                                            probed here (only CUDA devices have it)
+  jax._src.lax.lax._convert_element_type                   a cast that keeps a weakly typed value weak
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ _ShardingContext = _lookup("jax._src.sharding_impls", "ShardingContext")
 _SPMDAxisContext = _lookup("jax._src.sharding_impls", "SPMDAxisContext")
 _LoweringParameters = _lookup("jax._src.interpreters.mlir", "LoweringParameters")
 _State = _lookup("jax._src.config", "State")
+_convert_element_type = _lookup("jax._src.lax.lax", "_convert_element_type")
 
 # Attributes of instances: probed on a value of each kind.
 _probe = jax.typeof(np.zeros((1,), np.float32))
@@ -151,3 +153,14 @@ def compute_capability(device) -> tuple[int, int] | None:
     return int(major), int(minor)
   except (TypeError, ValueError):
     return None
+
+
+def astype_keeping_weak_type(x, dtype):
+  """x cast to `dtype`, weakly typed where x is (`astype` makes a value strong; lax's rules keep a result weak
+  when its operands are, and so must ours). Without the internal: astype."""
+  dtype = np.dtype(dtype)
+  if x.dtype == dtype:
+    return x
+  if _convert_element_type is None:
+    return x.astype(dtype)
+  return _convert_element_type(x, dtype, weak_type=jax.typeof(x).weak_type)

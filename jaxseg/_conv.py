@@ -11,7 +11,7 @@ import numpy as np
 from jax import export, lax
 from jax.errors import InconclusiveDimensionOperation
 
-from jaxseg import _ext, _primitives
+from jaxseg import _compat, _ext, _primitives
 from jaxseg._passes import FORWARD, KERNEL_DTYPES, MAX_SPATIAL_DIMS, Geometry
 
 _DEFAULT_DIMENSION_NUMBERS = {
@@ -366,7 +366,8 @@ def conv_transpose(lhs, rhs, strides: Sequence[int], padding: str | Sequence[tup
     x, w = x[:, :, None], w[:, None]
     geometry = Geometry((1,), (1,), ((0, 0),), (1,), (1,))
   compute_dtype = out_dtype if out_dtype == np.float64 else x.dtype
-  y = _primitives.apply(FORWARD, x.astype(compute_dtype), w.astype(compute_dtype), geometry=geometry,
+  x, w = (_compat.astype_keeping_weak_type(v, compute_dtype) for v in (x, w))
+  y = _primitives.apply(FORWARD, x, w, geometry=geometry,
                         out_dtype=out_dtype, precision=precision)
   if n == 0:
     y = y[:, :, 0]
