@@ -40,9 +40,7 @@ struct ConvShape {
     }
     return stored;
   }
-  int64_t StoredChannels(int64_t ci, int64_t co) const {
-    return transpose_kernel ? co * in_ch + ci : ci * out_ch + co;
-  }
+  int64_t StoredChannels(int64_t ci, int64_t co) const { return transpose_kernel ? co * in_ch + ci : ci * out_ch + co; }
 
   int64_t InSpatial() const {
     int64_t n = 1;
@@ -84,8 +82,7 @@ inline std::string ReadConvShape(Pass pass, Dims first, Dims second, Dims result
   const size_t d = strides.size;
   if (d == 0 || dilation.size != d || pad_lo.size != d || pad_hi.size != d)
     return "strides, dilation and paddings need one entry per spatial axis";
-  if (d > static_cast<size_t>(kMaxSpatialDims))
-    return "at most " + std::to_string(kMaxSpatialDims) + " spatial axes";
+  if (d > static_cast<size_t>(kMaxSpatialDims)) return "at most " + std::to_string(kMaxSpatialDims) + " spatial axes";
   Dims by_role[3] = {first, first, first};
   const PassInfo& info = Info(pass);
   by_role[static_cast<int>(info.first)] = first;

@@ -25,9 +25,9 @@ struct DTypes {
 
 // The platform's C++ type of dtype t (in the order of the enum DType).
 template <typename Platform, DType t>
-using Storage = std::tuple_element_t<static_cast<size_t>(t),
-                                     std::tuple<typename Platform::F32, typename Platform::F64,
-                                                typename Platform::BF16, typename Platform::F16>>;
+using Storage =
+    std::tuple_element_t<static_cast<size_t>(t), std::tuple<typename Platform::F32, typename Platform::F64,
+                                                            typename Platform::BF16, typename Platform::F16>>;
 
 namespace dtype_dispatch_internal {
 

@@ -67,10 +67,9 @@ inline Dims ToDims(xla::ffi::Span<const int64_t> s) { return Dims{s.begin(), s.s
 inline xla::ffi::Error DecodeCall(Pass pass, xla::ffi::AnyBuffer first, xla::ffi::AnyBuffer second,
                                   xla::ffi::AnyBuffer result, const CallAttrs& attrs, ConvCall* call) {
   namespace ffi = xla::ffi;
-  const std::string err =
-      ReadConvShape(pass, ToDims(first.dimensions()), ToDims(second.dimensions()), ToDims(result.dimensions()),
-                    ToDims(attrs.strides), ToDims(attrs.dilation), ToDims(attrs.padding_lo),
-                    ToDims(attrs.padding_hi), attrs.transpose_kernel, call);
+  const std::string err = ReadConvShape(
+      pass, ToDims(first.dimensions()), ToDims(second.dimensions()), ToDims(result.dimensions()), ToDims(attrs.strides),
+      ToDims(attrs.dilation), ToDims(attrs.padding_lo), ToDims(attrs.padding_hi), attrs.transpose_kernel, call);
   if (!err.empty()) return ffi::Error::InvalidArgument(std::string("jaxseg ") + Info(pass).name + ": " + err);
   if (!ToDType(first.element_type(), &call->operand_type) || first.element_type() != second.element_type())
     return ffi::Error::InvalidArgument("jaxseg: operands must share one of float32, float64, bfloat16, float16");

@@ -31,8 +31,7 @@ struct PassInfo {
 //   weight_grad  (x, dy) -> dw
 inline constexpr PassInfo kPasses[] = {
     {Pass::kForward, "forward", "jaxseg_conv_transpose_forward_v2", Role::kInput, Role::kKernel, Role::kOutput},
-    {Pass::kInputGrad, "input_grad", "jaxseg_conv_transpose_input_grad_v2", Role::kOutput, Role::kKernel,
-     Role::kInput},
+    {Pass::kInputGrad, "input_grad", "jaxseg_conv_transpose_input_grad_v2", Role::kOutput, Role::kKernel, Role::kInput},
     {Pass::kWeightGrad, "weight_grad", "jaxseg_conv_transpose_weight_grad_v2", Role::kInput, Role::kOutput,
      Role::kKernel},
 };

@@ -33,8 +33,7 @@ inline int64_t EffectiveKernelSize(int64_t kernel, int64_t dilation) {
 }
 
 // Length of the output axis: (H-1)*s + 1 + lo + hi - (d*(K-1)+1) + 1. Zero for an empty input axis.
-inline int64_t OutputSize(int64_t in, int64_t kernel, int64_t stride, int64_t dilation, int64_t lo,
-                          int64_t hi) {
+inline int64_t OutputSize(int64_t in, int64_t kernel, int64_t stride, int64_t dilation, int64_t lo, int64_t hi) {
   const int64_t dilated_in = in == 0 ? 0 : (in - 1) * stride + 1;
   return dilated_in + lo + hi - EffectiveKernelSize(kernel, dilation) + 1;
 }
@@ -120,8 +119,7 @@ struct AxisGeometry {
 // Requires stride >= 1, dilation >= 1, sizes >= 0 and out_size >= 0 (callers validate first).
 inline AxisGeometry MakeAxisGeometry(int64_t in, int64_t kernel, int64_t stride, int64_t dilation, int64_t lo,
                                      int64_t hi) {
-  AxisGeometry g{in, kernel, stride, dilation, lo, hi, OutputSize(in, kernel, stride, dilation, lo, hi), {}, {},
-                 {}};
+  AxisGeometry g{in, kernel, stride, dilation, lo, hi, OutputSize(in, kernel, stride, dilation, lo, hi), {}, {}, {}};
   if (g.out_size < 0) g.out_size = 0;
   // Tap k reaches the residue r with r + d*k - lo = 0 (mod s), at input offset (r + d*k - lo) / s.
   std::vector<std::pair<int64_t, int64_t>> residue_of_tap(kernel);  // (residue, k), sorted to group the phases

@@ -64,8 +64,7 @@ inline void InterleavePairs(uint32_t* dst, const bf16_t* lo, const bf16_t* hi, i
     const Pairs p = __builtin_convertvector(l, Pairs) | (__builtin_convertvector(h, Pairs) << 16);
     std::memcpy(dst + c, &p, sizeof(p));
   }
-  for (int64_t c = full; c < total; ++c)
-    dst[c] = c < n ? lo[c].bits | (hi ? uint32_t{hi[c].bits} << 16 : 0u) : 0u;
+  for (int64_t c = full; c < total; ++c) dst[c] = c < n ? lo[c].bits | (hi ? uint32_t{hi[c].bits} << 16 : 0u) : 0u;
 }
 
 #ifdef JAXSEG_BF16_DOT
@@ -78,9 +77,7 @@ inline __m512bh BroadcastPair(const bf16_t* row, int64_t p) {
 }
 
 // The last element of a row of odd length n, paired with zero, in every lane.
-inline __m512bh BroadcastLast(const bf16_t* row, int64_t n) {
-  return (__m512bh)_mm512_set1_epi32(row[n - 1].bits);
-}
+inline __m512bh BroadcastLast(const bf16_t* row, int64_t n) { return (__m512bh)_mm512_set1_epi32(row[n - 1].bits); }
 
 inline VecF32 Dot(VecF32 acc, __m512bh a, __m512bh b) { return (VecF32)_mm512_dpbf16_ps((__m512)acc, a, b); }
 

@@ -153,8 +153,8 @@ void TakeForwardItem(const ForwardPlan& plan, Slot& slot) {
 // The per-image form, for few output channels: z[j] = x[j] . [W[k][:, co] for every tap k and channel co], a
 // plain product whose ksp * Co columns fill the vectors (the tap-by-tap form has Co <= 4 columns, and its
 // dot-product variant reads every input row once per tap and phase); then each output gathers the z entries of
-// the taps that reach it. z of an image is kept in the worker's workspace (kMaxImageProducts bounds it). Used where the batch
-// gives every thread at least 4 images.
+// the taps that reach it. z of an image is kept in the worker's workspace (kMaxImageProducts bounds it). Used where the
+// batch gives every thread at least 4 images.
 constexpr int64_t kMaxImageProducts = int64_t{4} << 20;  // bytes
 constexpr int64_t kMaxImageColumns = 128;
 
@@ -294,8 +294,7 @@ bool PrepareForward(ForwardPlan& plan, int64_t workers) {
     const int64_t cols = call.KernelSpatial() * call.out_ch;
     plan.image_col_vecs = 1;
     for (int cv = 2; cv <= kernels.wide_col_vecs; ++cv)
-      if (RoundUp(cols, cv * kWidth<Acc>) <= RoundUp(cols, plan.image_col_vecs * kWidth<Acc>))
-        plan.image_col_vecs = cv;
+      if (RoundUp(cols, cv * kWidth<Acc>) <= RoundUp(cols, plan.image_col_vecs * kWidth<Acc>)) plan.image_col_vecs = cv;
     Acc *z, **dst, *line_sum;
     const T** src;
     TakeImageItem<T, Acc>(plan, size, &z, &src, &dst, &line_sum);
@@ -319,8 +318,7 @@ bool PrepareForward(ForwardPlan& plan, int64_t workers) {
   if (narrow)
     return PackForPlan<T, Acc>(call, w, /*transpose=*/true, plan.pairs ? kBf16PerVector : tile_cols, plan.pairs,
                                /*interleave=*/false, &plan.weights);
-  return PackForPlan<T, Acc>(call, w, /*transpose=*/false, tile_cols, plan.pairs, /*interleave=*/true,
-                             &plan.weights);
+  return PackForPlan<T, Acc>(call, w, /*transpose=*/false, tile_cols, plan.pairs, /*interleave=*/true, &plan.weights);
 }
 
 template <typename T, typename U, typename Acc>

@@ -41,9 +41,9 @@ inline bool AllRows(uint32_t present, int nrows) { return present == (uint32_t{1
 // cost more than the tap's FMAs). A tap that only some rows read is added to those rows alone (a select per
 // product: rare once GroupRowsByTaps has sorted the rows).
 template <typename T, typename Acc, int CV = kColVecs>
-inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][CV], const T* const* src, int64_t taps,
-                       int64_t r0, int nrows, const int64_t* tap_k, const PanelElement<T, Acc>* __restrict w,
-                       int64_t tap_stride, int64_t depth, const T* zero) {
+inline void GatherTile(typename Vec<Acc>::type (&acc)[kRows][CV], const T* const* src, int64_t taps, int64_t r0,
+                       int nrows, const int64_t* tap_k, const PanelElement<T, Acc>* __restrict w, int64_t tap_stride,
+                       int64_t depth, const T* zero) {
   using V = typename Vec<Acc>::type;
   using M = typename Vec<Acc>::mask;
   constexpr int W = Vec<Acc>::kWidth;

@@ -1,7 +1,7 @@
 // XLA FFI handlers of the three CPU passes: decode and check the buffers against the phase geometry, pick the
 // kernel build for this CPU (once), plan the call with its micro-kernels (cpu/kernel_set.h), and spread the plan's
-// work items over XLA's intra-op thread pool. A handler never blocks a pool thread on other pool tasks: it returns a future that the last finishing
-// worker completes.
+// work items over XLA's intra-op thread pool. A handler never blocks a pool thread on other pool tasks: it returns a
+// future that the last finishing worker completes.
 #include "cpu/handlers.h"
 
 #include <algorithm>
@@ -137,8 +137,7 @@ std::vector<std::string> KernelBuilds() {
 
 }  // namespace jaxseg::cpu
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuForward, jaxseg::cpu::Handle<jaxseg::Pass::kForward>,
-                              jaxseg::cpu::Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuForward, jaxseg::cpu::Handle<jaxseg::Pass::kForward>, jaxseg::cpu::Binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuInputGrad, jaxseg::cpu::Handle<jaxseg::Pass::kInputGrad>,
                               jaxseg::cpu::Binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxsegCpuWeightGrad, jaxseg::cpu::Handle<jaxseg::Pass::kWeightGrad>,

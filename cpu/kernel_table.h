@@ -92,14 +92,14 @@ static_assert(DTypePairIndex(DType::kF32, DType::kF32) == 0 && DTypePairIndex(DT
               DTypePairIndex(DType::kF16, DType::kF16) == 4 && DTypePairIndex(DType::kF16, DType::kF32) == 5);
 
 extern const KernelSet kKernels;
-const KernelSet kKernels{JAXSEG_ISA_NAME,
-                         kRows,
-                         kColVecs,
-                         kWideColVecs,
-                         kBf16Dot,
-                         {Typed<DType::kF32, DType::kF32>(), Typed<DType::kF64, DType::kF64>(),
-                          Typed<DType::kBF16, DType::kBF16>(), Typed<DType::kBF16, DType::kF32>(),
-                          Typed<DType::kF16, DType::kF16>(), Typed<DType::kF16, DType::kF32>()}};
+const KernelSet kKernels{
+    JAXSEG_ISA_NAME,
+    kRows,
+    kColVecs,
+    kWideColVecs,
+    kBf16Dot,
+    {Typed<DType::kF32, DType::kF32>(), Typed<DType::kF64, DType::kF64>(), Typed<DType::kBF16, DType::kBF16>(),
+     Typed<DType::kBF16, DType::kF32>(), Typed<DType::kF16, DType::kF16>(), Typed<DType::kF16, DType::kF32>()}};
 
 }  // namespace jaxseg::cpu::JAXSEG_ISA
 

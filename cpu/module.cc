@@ -60,9 +60,9 @@ NB_MODULE(_jaxseg_cpu, m) {
   m.def("passes", []() {
     nb::list out;
     for (const jaxseg::PassInfo& p : jaxseg::kPasses)
-      out.append(nb::make_tuple(p.name, p.target,
-                                nb::make_tuple(jaxseg::RoleName(p.first), jaxseg::RoleName(p.second),
-                                               jaxseg::RoleName(p.result))));
+      out.append(nb::make_tuple(
+          p.name, p.target,
+          nb::make_tuple(jaxseg::RoleName(p.first), jaxseg::RoleName(p.second), jaxseg::RoleName(p.result))));
     return out;
   });
   // [(operand dtype, accumulation dtype, (result dtypes...))], NumPy names.

@@ -70,12 +70,11 @@ std::unique_ptr<PreparedCall> Prepare(const KernelSet& kernels, ConvCall call, i
         planned = PlanCall<ForwardPlan, PrepareForward<T, U, Acc>, RunForward<T, U, Acc>>(kernels, call, workers);
         break;
       case Pass::kInputGrad:
-        planned =
-            PlanCall<InputGradPlan, PrepareInputGrad<T, U, Acc>, RunInputGrad<T, U, Acc>>(kernels, call, workers);
+        planned = PlanCall<InputGradPlan, PrepareInputGrad<T, U, Acc>, RunInputGrad<T, U, Acc>>(kernels, call, workers);
         break;
       case Pass::kWeightGrad:
-        planned = PlanCall<WeightGradPlan, PrepareWeightGrad<T, U, Acc>, RunWeightGrad<T, U, Acc>>(kernels, call,
-                                                                                                  workers);
+        planned =
+            PlanCall<WeightGradPlan, PrepareWeightGrad<T, U, Acc>, RunWeightGrad<T, U, Acc>>(kernels, call, workers);
         break;
     }
   });

@@ -110,8 +110,7 @@ inline typename Vec<Acc>::type LoadVector(const T* p) {
 
 // Stores the first `rows` x `cols` values of a tile, row i to dst[i], converted to the result type.
 template <typename U, typename Acc, int CV = kColVecs>
-inline void StoreTile(const typename Vec<Acc>::type (&acc)[kRows][CV], U* const (&dst)[kRows], int rows,
-                      int cols) {
+inline void StoreTile(const typename Vec<Acc>::type (&acc)[kRows][CV], U* const (&dst)[kRows], int rows, int cols) {
   using V = typename Vec<Acc>::type;
   if constexpr (std::is_same_v<U, Acc>) {
     // Whole vectors where the tile is full: a variable-length copy compiles to `rep movs`, whose start-up cost

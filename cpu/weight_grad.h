@@ -151,11 +151,10 @@ void RunWeightGrad(const WeightGradPlan& plan, int64_t item, WorkspaceSlot& slot
   args.x = call.first;
   args.y_grad = call.second;
   // The end of the array the columns come from (no vector read may pass it).
-  args.b_end = rows_from_x
-                   ? static_cast<const void*>(static_cast<const T*>(call.second) +
-                                              call.groups * call.batch * call.OutSpatial() * call.out_ch)
-                   : static_cast<const void*>(static_cast<const T*>(call.first) +
-                                              call.groups * call.batch * call.InSpatial() * call.in_ch);
+  args.b_end = rows_from_x ? static_cast<const void*>(static_cast<const T*>(call.second) +
+                                                      call.groups * call.batch * call.OutSpatial() * call.out_ch)
+                           : static_cast<const void*>(static_cast<const T*>(call.first) +
+                                                      call.groups * call.batch * call.InSpatial() * call.in_ch);
   args.rows_from_x = rows_from_x;
   args.row_ch = row_ch;
   args.col_ch = col_ch;

@@ -37,8 +37,8 @@ inline void LoadColumns(typename Vec<Acc>::type (&v)[CV], const T* b, int cols) 
 // (ncols below the tile) is read whole where that stays inside b's array (kWide): the lanes past ncols then hold
 // the next pixel's channels, which are summed but never stored.
 template <typename T, typename Acc, int R, int CV, bool kFullRows, bool kWide>
-inline void AccumulateRun(typename Vec<Acc>::type (&r)[R][CV], const T* ap, const T* bp, int64_t count,
-                          int64_t a_step, int64_t b_step, const int64_t (&lane)[R], int ncols) {
+inline void AccumulateRun(typename Vec<Acc>::type (&r)[R][CV], const T* ap, const T* bp, int64_t count, int64_t a_step,
+                          int64_t b_step, const int64_t (&lane)[R], int ncols) {
   using V = typename Vec<Acc>::type;
   for (int64_t p = 0; p < count; ++p, ap += a_step, bp += b_step) {
     V bv[CV];
@@ -53,9 +53,9 @@ inline void AccumulateRun(typename Vec<Acc>::type (&r)[R][CV], const T* ap, cons
 }
 
 template <typename T, typename Acc, int R, int CV, bool kFullRows>
-inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const PixelRun* runs_begin,
-                           const PixelRun* runs_end, bool rows_from_x, const T* x, const T* y_grad, const T* b_end,
-                           int64_t x_step, int64_t y_grad_step, int nrows, int ncols) {
+inline void AccumulateRuns(typename Vec<Acc>::type (&acc)[R][CV], const PixelRun* runs_begin, const PixelRun* runs_end,
+                           bool rows_from_x, const T* x, const T* y_grad, const T* b_end, int64_t x_step,
+                           int64_t y_grad_step, int nrows, int ncols) {
   using V = typename Vec<Acc>::type;
   constexpr int kMax = CV * Vec<Acc>::kWidth;
   V r[R][CV];
@@ -108,9 +108,7 @@ void AccumulatePairs(const WeightGradTapArgs& args) {
     }
   }
   const int64_t pairs = (pixels + 1) / 2;
-  const auto partner = [pixels](const T* const* px, int64_t j) {
-    return 2 * j + 1 < pixels ? px[2 * j + 1] : nullptr;
-  };
+  const auto partner = [pixels](const T* const* px, int64_t j) { return 2 * j + 1 < pixels ? px[2 * j + 1] : nullptr; };
 
   // Panels of uint32 pairs, 64-byte aligned.
   const int64_t lda = row_tiles * R;
@@ -161,8 +159,8 @@ void WeightGradTap(const WeightGradTapArgs& args) {
           AccumulateRuns<T, Acc, R, CV, true>(acc, args.runs, runs_end, args.rows_from_x, xc, yc, b_end, args.x_step,
                                               args.y_grad_step, nrows, ncols);
         else
-          AccumulateRuns<T, Acc, R, CV, false>(acc, args.runs, runs_end, args.rows_from_x, xc, yc, b_end,
-                                               args.x_step, args.y_grad_step, nrows, ncols);
+          AccumulateRuns<T, Acc, R, CV, false>(acc, args.runs, runs_end, args.rows_from_x, xc, yc, b_end, args.x_step,
+                                               args.y_grad_step, nrows, ncols);
       }
     }
   }

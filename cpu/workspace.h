@@ -14,7 +14,9 @@ namespace jaxseg::cpu {
 
 inline constexpr int64_t kWorkspaceAlign = 64;
 
-constexpr int64_t WorkspaceBytes(int64_t bytes) { return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
+constexpr int64_t WorkspaceBytes(int64_t bytes) {
+  return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+}
 
 // Hands out 64-byte-aligned arrays of one worker's slot, front to back.
 class WorkspaceSlot {

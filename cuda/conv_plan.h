@@ -69,8 +69,8 @@ struct FastDivmod {
   static FastDivmod Make(int32_t d) {  // d >= 1
     uint32_t s = 0;
     while ((int64_t{1} << s) < d) ++s;
-    const uint64_t m = ((uint64_t{1} << 32) * ((uint64_t{1} << s) - static_cast<uint64_t>(d))) /
-                           static_cast<uint64_t>(d) + 1;
+    const uint64_t m =
+        ((uint64_t{1} << 32) * ((uint64_t{1} << s) - static_cast<uint64_t>(d))) / static_cast<uint64_t>(d) + 1;
     return FastDivmod{d, static_cast<uint32_t>(m), s};
   }
   JAXSEG_HD int32_t Div(int32_t n) const {

@@ -54,13 +54,21 @@ struct CudaTypes {
 
 struct DeviceNumeric {
   template <typename Acc>
-  __host__ __device__ static Acc Load(const float* p) { return static_cast<Acc>(*p); }
+  __host__ __device__ static Acc Load(const float* p) {
+    return static_cast<Acc>(*p);
+  }
   template <typename Acc>
-  __host__ __device__ static Acc Load(const double* p) { return static_cast<Acc>(*p); }
+  __host__ __device__ static Acc Load(const double* p) {
+    return static_cast<Acc>(*p);
+  }
   template <typename Acc>
-  __host__ __device__ static Acc Load(const __nv_bfloat16* p) { return static_cast<Acc>(__bfloat162float(*p)); }
+  __host__ __device__ static Acc Load(const __nv_bfloat16* p) {
+    return static_cast<Acc>(__bfloat162float(*p));
+  }
   template <typename Acc>
-  __host__ __device__ static Acc Load(const __half* p) { return static_cast<Acc>(__half2float(*p)); }
+  __host__ __device__ static Acc Load(const __half* p) {
+    return static_cast<Acc>(__half2float(*p));
+  }
 
   template <typename Acc>
   __host__ __device__ static void Store(void* out, int64_t i, Acc v, DType type) {
@@ -133,7 +141,7 @@ __device__ __forceinline__ void ComputeStage(const char* stage, const SmemTile& 
   const uint32_t a_base = ptx::SharedAddress(a_tile);
   const uint32_t b_base = ptx::SharedAddress(b_tile);
   // 3xTF32 keeps twice the fragments live: its two k-steps are not interleaved.
-#pragma unroll (Math::kSplit ? 1 : tiled::kSubSteps)
+#pragma unroll(Math::kSplit ? 1 : tiled::kSubSteps)
   for (int ks = 0; ks < tiled::kSubSteps; ++ks) {
     uint32_t a[tiled::kMmaTilesM][4];
     uint32_t a_small[Math::kSplit ? tiled::kMmaTilesM : 1][4];
@@ -176,8 +184,7 @@ __device__ __forceinline__ void ComputeStage(const char* stage, const SmemTile& 
         for (int h = 0; h < 2; ++h)
 #pragma unroll
           for (int r = 0; r < 2; ++r)
-            b[h][r] =
-                *reinterpret_cast<const uint32_t*>(b_tile + Cta::ScalarBTf32(tb, warp, lane, ks, 2 * nj + h, r));
+            b[h][r] = *reinterpret_cast<const uint32_t*>(b_tile + Cta::ScalarBTf32(tb, warp, lane, ks, 2 * nj + h, r));
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -192,7 +199,7 @@ __device__ __forceinline__ void ComputeStage(const char* stage, const SmemTile& 
         }
 #pragma unroll
         for (int mi = 0; mi < tiled::kMmaTilesM; ++mi) {
-          float(&d)[4] = acc[mi][2 * nj + h];
+          float (&d)[4] = acc[mi][2 * nj + h];
           if constexpr (Math::kSplit) {
             // The small cross terms first: they are added before the large term can swamp them.
             Math::Mma(d, a_small[mi], b[h]);
@@ -256,8 +263,7 @@ __global__ void __launch_bounds__(tiled::kThreads, kMinBlocks<N>)
 #pragma unroll
     for (int i = 0; i < Cta::kCopiesB; ++i) {
       const tiled::ChunkCopy c = Cta::GatherCopyB(plan, tile, next_load, weight_base, Math::kBytes, tid, i);
-      ptx::CopyAsync16(ptx::SharedAddress(stage + tiled::kTileBytesA + c.smem), c.src >= 0 ? b + c.src : b,
-                       c.src >= 0);
+      ptx::CopyAsync16(ptx::SharedAddress(stage + tiled::kTileBytesA + c.smem), c.src >= 0 ? b + c.src : b, c.src >= 0);
     }
     plan.Advance(tile, &next_load);
   };
@@ -399,8 +405,7 @@ template <typename T, typename Acc>
 __global__ void __launch_bounds__(kDirectThreads, 4)
     DirectOuterKernel(const __grid_constant__ GatherPlan plan, const T* __restrict__ a, const T* __restrict__ b,
                       void* __restrict__ out, DType out_type) {
-  direct::GatherOuter<DeviceNumeric, T, Acc>(plan, blockIdx.x, threadIdx.x >> 5, threadIdx.x & 31, a, b, out,
-                                             out_type);
+  direct::GatherOuter<DeviceNumeric, T, Acc>(plan, blockIdx.x, threadIdx.x >> 5, threadIdx.x & 31, a, b, out, out_type);
 }
 
 template <typename T, typename Acc>
@@ -423,8 +428,8 @@ template <typename T, typename Acc>
 __global__ void __launch_bounds__(kDirectThreads, 4)
     DirectWeightGradKernel(const __grid_constant__ WeightGradPlan plan, const T* __restrict__ x,
                            const T* __restrict__ dy, Acc* __restrict__ partials) {
-  direct::WeightGrad<DeviceNumeric, T, Acc>(plan, static_cast<int64_t>(blockIdx.x) * kDirectThreads + threadIdx.x,
-                                            x, dy, partials);
+  direct::WeightGrad<DeviceNumeric, T, Acc>(plan, static_cast<int64_t>(blockIdx.x) * kDirectThreads + threadIdx.x, x,
+                                            dy, partials);
 }
 
 constexpr int kReduceThreads = 256;
@@ -457,7 +462,7 @@ cudaError_t LaunchTiledGather(const GatherPlan& plan, const ConvCall& call, cuda
   auto kernel = plan.b_k_contiguous() ? TiledGatherKernel<Math, N, true> : TiledGatherKernel<Math, N, false>;
   if (cudaError_t e = AllowSharedMemory(kernel, kSmem); e != cudaSuccess) return e;
   kernel<<<static_cast<unsigned>(plan.blocks), tiled::kThreads, kSmem, stream>>>(plan, a, b, call.result,
-                                                                                call.result_type);
+                                                                                 call.result_type);
   return cudaGetLastError();
 }
 
@@ -483,8 +488,8 @@ cudaError_t LaunchDirectGather(const GatherPlan& plan, const ConvCall& call, cud
 template <typename Acc>
 cudaError_t LaunchReduce(const WeightGradPlan& plan, const Acc* partials, const ConvCall& call, cudaStream_t stream) {
   const int64_t blocks = CeilDivHD(plan.partial_elements(), kReduceThreads);
-  ReduceSplitsKernel<Acc><<<static_cast<unsigned>(blocks), kReduceThreads, 0, stream>>>(plan, partials, call.result,
-                                                                                       call.result_type);
+  ReduceSplitsKernel<Acc>
+      <<<static_cast<unsigned>(blocks), kReduceThreads, 0, stream>>>(plan, partials, call.result, call.result_type);
   return cudaGetLastError();
 }
 
@@ -571,8 +576,8 @@ cudaError_t LaunchGather(const ConvCall& call, size_t result_bytes, Precision pr
 ffi::Error LaunchWeightGrad(const ConvCall& call, Precision precision, const DeviceInfo& device,
                             ffi::AnyBuffer partials, cudaStream_t stream, cudaError_t* status) {
   const int64_t partial_capacity = static_cast<int64_t>(partials.size_bytes());
-  const WeightGradPlan plan = MakeWeightGradPlan(call, call.operand_type, PathFor(Pass::kWeightGrad, call), device,
-                                                 partial_capacity);
+  const WeightGradPlan plan =
+      MakeWeightGradPlan(call, call.operand_type, PathFor(Pass::kWeightGrad, call), device, partial_capacity);
   if (plan.blocks > kMaxBlocks) return ffi::Error::InvalidArgument("jaxseg (CUDA): weight gradient too large");
   if (PartialBytes(plan, call.operand_type) > partial_capacity || !Aligned16(partials.untyped_data()))
     return ffi::Error::InvalidArgument(
@@ -613,8 +618,8 @@ ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::AnyBuffer first, ffi::An
   if (result->element_count() == 0) return ffi::Error::Success();
   if (const std::string why = CanImplement(call); !why.empty())
     return ffi::Error::InvalidArgument("jaxseg (CUDA): " + why + " (the Python lowering sends such layers to XLA)");
-  const Precision precision = attrs.precision == static_cast<int64_t>(Precision::kHighest) ? Precision::kHighest
-                                                                                            : Precision::kDefault;
+  const Precision precision =
+      attrs.precision == static_cast<int64_t>(Precision::kHighest) ? Precision::kHighest : Precision::kDefault;
   cudaError_t status = cudaSuccess;
   if (pass == Pass::kWeightGrad) {
     if (ffi::Error err = LaunchWeightGrad(call, precision, QueryDevice(), *partials, stream, &status); err.failure())
@@ -628,14 +633,13 @@ ffi::Error Execute(Pass pass, cudaStream_t stream, ffi::AnyBuffer first, ffi::An
 }
 
 template <Pass kPass>
-ffi::Error Handle(cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second,
-                  ffi::Result<ffi::AnyBuffer> result, CallAttrs attrs) {
+ffi::Error Handle(cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second, ffi::Result<ffi::AnyBuffer> result,
+                  CallAttrs attrs) {
   return Execute(kPass, stream, first, second, result, nullptr, attrs);
 }
 
 ffi::Error HandleWeightGrad(cudaStream_t stream, ffi::AnyBuffer first, ffi::AnyBuffer second,
-                            ffi::Result<ffi::AnyBuffer> result, ffi::Result<ffi::AnyBuffer> partials,
-                            CallAttrs attrs) {
+                            ffi::Result<ffi::AnyBuffer> result, ffi::Result<ffi::AnyBuffer> partials, CallAttrs attrs) {
   ffi::AnyBuffer scratch = *partials;
   return Execute(Pass::kWeightGrad, stream, first, second, result, &scratch, attrs);
 }

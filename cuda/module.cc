@@ -44,14 +44,13 @@ std::string CanImplement(const std::string& pass_name, std::vector<int64_t> firs
 // The bytes of weight_grad's split-K partials (cuda/conv_plan.h WeightGradPartialBytes), for the lowering to
 // allocate as the call's second result. Shapes canonical, as the handler receives them.
 int64_t WeightGradPartialBytes(std::vector<int64_t> first, std::vector<int64_t> second, std::vector<int64_t> result,
-                               std::vector<int64_t> strides, std::vector<int64_t> dilation,
-                               std::vector<int64_t> pad_lo, std::vector<int64_t> pad_hi, bool transpose_kernel,
-                               const std::string& dtype, int32_t multiprocessors) {
+                               std::vector<int64_t> strides, std::vector<int64_t> dilation, std::vector<int64_t> pad_lo,
+                               std::vector<int64_t> pad_hi, bool transpose_kernel, const std::string& dtype,
+                               int32_t multiprocessors) {
   jaxseg::ConvShape shape;
   const std::string err =
-      jaxseg::ReadConvShape(jaxseg::Pass::kWeightGrad, AsDims(first), AsDims(second), AsDims(result),
-                            AsDims(strides), AsDims(dilation), AsDims(pad_lo), AsDims(pad_hi), transpose_kernel,
-                            &shape);
+      jaxseg::ReadConvShape(jaxseg::Pass::kWeightGrad, AsDims(first), AsDims(second), AsDims(result), AsDims(strides),
+                            AsDims(dilation), AsDims(pad_lo), AsDims(pad_hi), transpose_kernel, &shape);
   if (!err.empty()) throw nb::value_error(("weight_grad: " + err).c_str());
   if (const std::string why = jaxseg::gpu::CanImplement(shape); !why.empty()) throw nb::value_error(why.c_str());
   if (multiprocessors < 1) throw nb::value_error("multiprocessors must be positive");
@@ -108,6 +107,7 @@ NB_MODULE(_jaxseg_cuda, m) {
         "The XLA FFI traits (bit 0: command-buffer compatible) a handler capsule declares, by its metadata query.");
   m.attr("TRAIT_COMMAND_BUFFER_COMPATIBLE") = static_cast<uint32_t>(XLA_FFI_HANDLER_TRAITS_COMMAND_BUFFER_COMPATIBLE);
   m.attr("max_kernel_size") = jaxseg::gpu::kMaxAxisTaps;
-  m.def("architectures", []() { return std::string(JAXSEG_CUDA_ARCHITECTURES); },
-        "The CUDA architectures compiled in, as CMAKE_CUDA_ARCHITECTURES named them (e.g. '80-real,90-virtual').");
+  m.def(
+      "architectures", []() { return std::string(JAXSEG_CUDA_ARCHITECTURES); },
+      "The CUDA architectures compiled in, as CMAKE_CUDA_ARCHITECTURES named them (e.g. '80-real,90-virtual').");
 }

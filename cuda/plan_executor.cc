@@ -53,8 +53,8 @@ struct Tensor {
 
   void CheckRange(int64_t index, int64_t count, const char* what) const {
     if (index < 0 || index + count > elements)
-      Fail(std::string(what) + " of " + name + " at element " + std::to_string(index) + " (+" +
-           std::to_string(count) + ") outside its " + std::to_string(elements) + " elements");
+      Fail(std::string(what) + " of " + name + " at element " + std::to_string(index) + " (+" + std::to_string(count) +
+           ") outside its " + std::to_string(elements) + " elements");
   }
   void Wrote(int64_t index, int64_t count) {
     CheckRange(index, count, "write");
@@ -63,8 +63,7 @@ struct Tensor {
   void CheckWrittenOnce() const {
     for (int64_t i = 0; i < elements; ++i)
       if (writes[i] != 1 && !(zeroed && writes[i] == 0))
-        Fail(std::string(name) + " element " + std::to_string(i) + " written " + std::to_string(writes[i]) +
-             " times");
+        Fail(std::string(name) + " element " + std::to_string(i) + " written " + std::to_string(writes[i]) + " times");
   }
 };
 
@@ -122,9 +121,7 @@ void SplitTf32(uint32_t* x, uint32_t* small) {
   *x = big;
 }
 
-float Decode16(uint16_t bits, Math m) {
-  return m == Math::kBf16 ? num::Bf16ToFloat(bits) : num::HalfToFloat(bits);
-}
+float Decode16(uint16_t bits, Math m) { return m == Math::kBf16 ? num::Bf16ToFloat(bits) : num::HalfToFloat(bits); }
 
 // mma.sync for one warp: d[lane] (4 floats) += A (16 x K) * B (K x 8) with A and B assembled from the lanes'
 // registers by the PTX fragment layouts (K = 16 for 16-bit operands, 8 for TF32). The products are summed
@@ -298,7 +295,7 @@ void ComputeStage(Math math, bool a_k_contiguous, bool b_k_contiguous, const Sha
             }
           }
         for (int mi = 0; mi < tiled::kMmaTilesM; ++mi) {
-          float(&d)[32][4] = acc[mi][2 * nj + h];
+          float (&d)[32][4] = acc[mi][2 * nj + h];
           if (split) {
             Mma(math, d, a_small[mi], b[h]);
             Mma(math, d, a[mi], b_small);
@@ -507,8 +504,7 @@ void DirectWeightGrad(const WeightGradPlan& plan, const Tensor& x, const Tensor&
   for (int64_t index = 0; index < threads; ++index) {
     if (index >= direct::WeightGradThreads(plan)) break;
     direct::WeightGrad<HostNumeric, T, Acc>(plan, index, reinterpret_cast<const T*>(x.data),
-                                            reinterpret_cast<const T*>(dy.data),
-                                            reinterpret_cast<Acc*>(partials.data));
+                                            reinterpret_cast<const T*>(dy.data), reinterpret_cast<Acc*>(partials.data));
   }
 }
 
@@ -596,8 +592,8 @@ PlannedCall Plan(const std::string& pass_name, const std::vector<int64_t>& first
   c.result = DTypeByName(result_name);
   if (!WritesResult(c.operand, c.result)) throw nb::value_error("no such result dtype for these operands");
   c.precision = precision == 1 ? Precision::kHighest : Precision::kDefault;
-  c.shape = ReadShape(c.pass, first_shape, second_shape, result_shape, strides, dilation, pad_lo, pad_hi,
-                      transpose_kernel);
+  c.shape =
+      ReadShape(c.pass, first_shape, second_shape, result_shape, strides, dilation, pad_lo, pad_hi, transpose_kernel);
   if (const std::string why = CanImplement(c.shape); !why.empty()) throw nb::value_error(why.c_str());
   const bool forward = c.pass == Pass::kForward;
   const int64_t c_k = c.pass == Pass::kWeightGrad || forward ? c.shape.in_ch : c.shape.out_ch;
@@ -626,9 +622,10 @@ int64_t Blocks(const PlannedCall& c) { return c.pass == Pass::kWeightGrad ? c.we
 nb::dict Report(const PlannedCall& c) {
   nb::dict report;
   report["path"] = PathName(c.path);
-  report["math"] = c.path != Path::kTiled ? "fma"
-                   : c.operand != DType::kF32 ? "mma16"
-                   : c.precision == Precision::kHighest ? "3xtf32" : "tf32";
+  report["math"] = c.path != Path::kTiled               ? "fma"
+                   : c.operand != DType::kF32           ? "mma16"
+                   : c.precision == Precision::kHighest ? "3xtf32"
+                                                        : "tf32";
   report["blocks"] = Blocks(c);
   report["tile_n"] = c.pass == Pass::kWeightGrad ? c.weight_grad.tile_n : c.gather.tile_n;
   if (c.pass == Pass::kWeightGrad) {
@@ -657,9 +654,9 @@ nb::tuple Execute(const std::string& pass_name, nb::bytes first, nb::bytes secon
                   bool transpose_kernel, const std::string& operand_name, const std::string& result_name,
                   int64_t precision, std::optional<std::string> path_name, int32_t multiprocessors,
                   std::optional<int64_t> partial_bytes) {
-  const PlannedCall c = Plan(pass_name, first_shape, second_shape, result_shape, strides, dilation, pad_lo, pad_hi,
-                             transpose_kernel, operand_name, result_name, precision, path_name, multiprocessors,
-                             partial_bytes);
+  const PlannedCall c =
+      Plan(pass_name, first_shape, second_shape, result_shape, strides, dilation, pad_lo, pad_hi, transpose_kernel,
+           operand_name, result_name, precision, path_name, multiprocessors, partial_bytes);
   if (Blocks(c) > (int64_t{1} << 31) - 1) Fail("grid too large");
   const int eb = Bytes(c.operand);
   if (static_cast<int64_t>(first.size()) != Product(first_shape) * eb ||
@@ -739,11 +736,11 @@ nb::dict Describe(const std::string& pass_name, std::vector<int64_t> first_shape
 }  // namespace
 
 void RegisterPlanExecutor(nb::module_& m) {
-  m.def("gpu_plan_execute", &Execute, nb::arg("pass_name"), nb::arg("first"), nb::arg("second"),
-        nb::arg("first_shape"), nb::arg("second_shape"), nb::arg("result_shape"), nb::arg("strides"),
-        nb::arg("dilation"), nb::arg("pad_lo"), nb::arg("pad_hi"), nb::arg("transpose_kernel"),
-        nb::arg("operand_dtype"), nb::arg("result_dtype"), nb::arg("precision") = 0,
-        nb::arg("path") = nb::none(), nb::arg("multiprocessors") = 132, nb::arg("partial_bytes") = nb::none(),
+  m.def("gpu_plan_execute", &Execute, nb::arg("pass_name"), nb::arg("first"), nb::arg("second"), nb::arg("first_shape"),
+        nb::arg("second_shape"), nb::arg("result_shape"), nb::arg("strides"), nb::arg("dilation"), nb::arg("pad_lo"),
+        nb::arg("pad_hi"), nb::arg("transpose_kernel"), nb::arg("operand_dtype"), nb::arg("result_dtype"),
+        nb::arg("precision") = 0, nb::arg("path") = nb::none(), nb::arg("multiprocessors") = 132,
+        nb::arg("partial_bytes") = nb::none(),
         "Runs one pass as the CUDA kernels' plan would on a GPU (emulated on the CPU, with its index checks); "
         "operands and result as raw bytes of canonical tensors. Returns (result bytes, plan description).");
   m.def("gpu_plan_describe", &Describe, nb::arg("pass_name"), nb::arg("first_shape"), nb::arg("second_shape"),
@@ -755,13 +752,12 @@ void RegisterPlanExecutor(nb::module_& m) {
       [](const std::string& pass_name, std::vector<int64_t> first, std::vector<int64_t> second,
          std::vector<int64_t> result, std::vector<int64_t> strides, std::vector<int64_t> dilation,
          std::vector<int64_t> pad_lo, std::vector<int64_t> pad_hi, bool transpose_kernel) {
-        return CanImplementCall(PassByName(pass_name), AsDims(first), AsDims(second), AsDims(result),
-                                AsDims(strides), AsDims(dilation), AsDims(pad_lo), AsDims(pad_hi), transpose_kernel);
+        return CanImplementCall(PassByName(pass_name), AsDims(first), AsDims(second), AsDims(result), AsDims(strides),
+                                AsDims(dilation), AsDims(pad_lo), AsDims(pad_hi), transpose_kernel);
       },
-      nb::arg("pass_name"), nb::arg("first_shape"),
-        nb::arg("second_shape"), nb::arg("result_shape"), nb::arg("strides"), nb::arg("dilation"),
-        nb::arg("pad_lo"), nb::arg("pad_hi"), nb::arg("transpose_kernel"),
-        "Why the CUDA kernels cannot run this call, or an empty string when they can.");
+      nb::arg("pass_name"), nb::arg("first_shape"), nb::arg("second_shape"), nb::arg("result_shape"),
+      nb::arg("strides"), nb::arg("dilation"), nb::arg("pad_lo"), nb::arg("pad_hi"), nb::arg("transpose_kernel"),
+      "Why the CUDA kernels cannot run this call, or an empty string when they can.");
   m.def(
       "gpu_fast_divmod",
       [](int32_t divisor, std::vector<int32_t> values) {

