@@ -183,13 +183,13 @@ else
   bench bfloat16 90 --dtype bfloat16
 fi
 # 6. With the time left.
-step hlo 30 $python -m pytest "$repo/tests/test_cuda.py" -k "gpu and hlo" -p no:cacheprovider -q -rA \
+step hlo 30 $python -m pytest "$repo/tests/test_cuda.py" --platform=gpu -k hlo -p no:cacheprovider -q -rA \
   --junitxml="$work/pytest-hlo.xml"
 [ $dry_run = 0 ] && bench float32 60 --dtype float32 --impls jaxseg,xla,torch
 # XLA's other orientation matters for the forward (cuDNN's backward-data or a zero-inserted input).
 [ $dry_run = 0 ] && bench bfloat16-flax-kernel 25 --dtype bfloat16 --flax-kernel --impls jaxseg,xla --passes forward
 [ $dry_run = 0 ] && step conformance-tests 60 $python -m pytest "$repo/tests/test_conformance.py" \
-  -k "gpu and (test_grid or wide)" -p no:cacheprovider -q -x --junitxml="$work/pytest-conformance.xml"
+  --platform=gpu -k "test_grid or wide" -p no:cacheprovider -q -x --junitxml="$work/pytest-conformance.xml"
 if [ $dry_run = 0 ] && (cd "$work" && $python -c "import mlxtend") 2>/dev/null; then
   step ebgan 60 $python "$repo/examples/ebgan/train.py" --compare --compare-steps 10 --quiet --out "$work/ebgan"
 fi
