@@ -14,6 +14,7 @@ import re
 import sys
 
 import pytest
+from gpu_switch_state import restored as restored_gpu_switch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FILES = [ROOT / "README.md", ROOT / "examples" / "ebgan" / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -79,7 +80,9 @@ DOCS_WITH_CODE = [p for p in FILES if p.exists() and python_blocks(p.read_text()
 @pytest.mark.cpu_only
 @pytest.mark.parametrize("path", DOCS_WITH_CODE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_blocks_run(path):
-  assert run_blocks(path) > 0
+  # A page may switch jaxseg's GPU kernels on (docs/gpu.md does): the switch is restored after it.
+  with restored_gpu_switch():
+    assert run_blocks(path) > 0
 
 
 def test_the_pages_that_must_have_code_do():
