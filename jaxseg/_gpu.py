@@ -52,7 +52,7 @@ def _read_environment() -> tuple[bool, str]:
   if value not in ("0", "1"):
     raise ValueError(f"{ENV_VAR}={value!r} is not allowed: set it to 1 (use jaxseg's CUDA kernels on GPUs that can "
                      f"run them), 0 (always XLA's convolution on GPU), or leave it unset (the default: "
-                     f"{'1' if DEFAULT_ENABLED else '0'})")
+                     f"{'on' if DEFAULT_ENABLED else 'off, with a one-time warning on GPUs'})")
   return value == "1", f"{ENV_VAR}={value}"
 
 

@@ -1,6 +1,7 @@
 """`jaxseg.equinox.ConvTranspose`: a drop-in for `equinox.nn.ConvTranspose` computed by jaxseg's kernels.
 
-Needs equinox (`pip install "jaxseg[equinox]"`); `import jaxseg` does not.
+Needs equinox (`pip install equinox`, or the `equinox` extra from the clone: `pip install ".[equinox]"`);
+`import jaxseg` does not.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 try:
   import equinox as eqx
 except ImportError as e:  # pragma: no cover - exercised by a test with equinox hidden
-  raise ImportError("jaxseg.equinox needs equinox: pip install 'jaxseg[equinox]'") from e
+  raise ImportError("jaxseg.equinox needs equinox: pip install equinox") from e
 import jax
 import jax.numpy as jnp
 from jax import lax
