@@ -121,7 +121,9 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding: str |
     The array `jax.lax.conv_general_dilated` returns, of the same shape and dtype.
 
   Raises:
-    The errors of `jax.lax.conv_general_dilated` (arguments are checked by lax's own shape rule first).
+    TypeError: as `jax.lax.conv_general_dilated` raises it (the arguments are checked by lax's own shape rule
+      first, so the errors are lax's).
+    ValueError: as `jax.lax.conv_general_dilated` raises it.
   """
   passthrough = lambda: _lax_conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
