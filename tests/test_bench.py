@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 
+import jaxseg
 import pytest
 
 from jaxseg.bench import cli, report
@@ -41,7 +42,11 @@ def test_cli_runs_and_writes_results(tmp_path, capsys):
     assert len(prov["load_average"]["start"]) == 3 and len(prov["load_average"]["end"]) == 3
   # The report renders it, with every row.
   text = report.render(report._parser().parse_args([str(out)]))
-  assert f"Recorded {prov['date'][:10]}" in text and "load average" in text and "not recorded" not in text
+  assert f"Recorded {prov['date'][:10]}" in text and "load average" in text and "load average not" not in text
+  # The commit is known from jaxseg's own checkout (an editable install) and honestly absent from a wheel's.
+  source_tree = os.path.exists(os.path.join(os.path.dirname(os.path.dirname(jaxseg.__file__)), ".git"))
+  assert (prov["commit"] is not None) == source_tree
+  assert (f"commit {prov['commit'][:7]}" if source_tree else "commit not recorded") in text
   assert all(layer["name"] in text for layer in LAYERS["layers"])
   rows = result["rows"]
   assert [(r["layer"], r["pass"]) for r in rows] == [(l["name"], p) for l in LAYERS["layers"]

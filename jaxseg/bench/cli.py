@@ -353,11 +353,20 @@ def _git(*args):
   import subprocess
 
   src = os.path.dirname(os.path.dirname(os.path.abspath(jaxseg.__file__)))
-  try:
-    out = subprocess.run(["git", "-C", src, *args], capture_output=True, text=True, timeout=10)
-  except (OSError, subprocess.SubprocessError):
+
+  def git(*a):
+    try:
+      out = subprocess.run(["git", "-C", src, *a], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+      return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+  # Only jaxseg's own checkout (an editable install) says which code ran: an installed wheel's site-packages may
+  # sit inside some other repository (a venv in the user's project), whose commit is not ours.
+  top = git("rev-parse", "--show-toplevel")
+  if top is None or not os.path.samefile(top, src) or not os.path.isfile(os.path.join(src, "jaxseg", "__init__.py")):
     return None
-  return out.stdout.strip() if out.returncode == 0 else None
+  return git(*args)
 
 
 def _cpu_flags():
