@@ -105,7 +105,7 @@ constexpr int DTypePairIndex(DType operand, DType result) {
 struct KernelSet {
   const char* isa;
   int rows;           // rows of a register tile
-  int col_vecs;       // 64-byte vectors of columns in a register tile
+  int col_vecs;       // 64-byte lines of columns in a register tile (a build may hold a line in several registers)
   int wide_col_vecs;  // the widest tile for products with few columns (the forward's per-image form)
   bool bf16_dot;      // bfloat16 operands are multiplied as pairs (cpu/bf16_dot.h), panels hold bf16 pairs
   TypedKernels typed[kNumDTypePairs];

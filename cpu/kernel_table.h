@@ -24,6 +24,8 @@
 namespace jaxseg::cpu::JAXSEG_ISA {
 namespace {
 
+// The planning side counts a tile's columns in 64-byte lines (GatherBlockArgs::col_vecs, WeightGradTapArgs::
+// tile_col_vecs); the kernels' templates count this build's vectors, kVectorsPerLine to a line (cpu/simd.h).
 template <typename T, typename U, typename Acc>
 void GatherBlockKernel(const GatherBlockArgs& a) {
   using P = PanelElement<T, Acc>;
@@ -31,17 +33,18 @@ void GatherBlockKernel(const GatherBlockArgs& a) {
   auto* const* dst = reinterpret_cast<U* const*>(a.dst);
   const P* w = static_cast<const P*>(a.w);
   const T* zero = static_cast<const T*>(a.zero);
-  if constexpr (kWideColVecs >= 3) {
+  constexpr int kLine = kVectorsPerLine;
+  if constexpr (kWideLines >= 3) {
     if (a.col_vecs == 3)
-      return GatherGemmBlock<T, U, Acc, 3>(a.rows, a.taps, src, a.tap_k, dst, w, a.depth, a.ncols, a.ld, zero);
+      return GatherGemmBlock<T, U, Acc, 3 * kLine>(a.rows, a.taps, src, a.tap_k, dst, w, a.depth, a.ncols, a.ld, zero);
   }
-  if constexpr (kWideColVecs >= 2) {
+  if constexpr (kWideLines >= 2) {
     if (a.col_vecs == 2)
-      return GatherGemmBlock<T, U, Acc, 2>(a.rows, a.taps, src, a.tap_k, dst, w, a.depth, a.ncols, a.ld, zero);
+      return GatherGemmBlock<T, U, Acc, 2 * kLine>(a.rows, a.taps, src, a.tap_k, dst, w, a.depth, a.ncols, a.ld, zero);
   }
-  if constexpr (kColVecs != 1) {
+  if constexpr (kColVecs != kLine) {
     if (a.col_vecs == 1)
-      return GatherGemmBlock<T, U, Acc, 1>(a.rows, a.taps, src, a.tap_k, dst, w, a.depth, a.ncols, a.ld, zero);
+      return GatherGemmBlock<T, U, Acc, kLine>(a.rows, a.taps, src, a.tap_k, dst, w, a.depth, a.ncols, a.ld, zero);
   }
   GatherGemmBlock<T, U, Acc, kColVecs>(a.rows, a.taps, src, a.tap_k, dst, w, a.depth, a.ncols, a.ld, zero);
 }
@@ -63,8 +66,9 @@ void NarrowBlockKernel(const GatherBlockArgs& a) {
 
 template <typename T, typename Acc>
 void WeightGradTapKernel(const WeightGradTapArgs& a) {
-  constexpr int kFew = KernelSet::few_col_vecs;
-  if (a.tile_col_vecs == kColVecs && a.tile_rows == kRows) return WeightGradTap<T, Acc, kRows, kColVecs>(a);
+  constexpr int kFew = KernelSet::few_col_vecs * kVectorsPerLine;
+  if (a.tile_col_vecs * kVectorsPerLine == kColVecs && a.tile_rows == kRows)
+    return WeightGradTap<T, Acc, kRows, kColVecs>(a);
   switch (a.tile_rows) {
     case 1: return WeightGradTap<T, Acc, 1, kFew>(a);
     case 2: return WeightGradTap<T, Acc, 2, kFew>(a);
@@ -95,8 +99,8 @@ extern const KernelSet kKernels;
 const KernelSet kKernels{
     JAXSEG_ISA_NAME,
     kRows,
-    kColVecs,
-    kWideColVecs,
+    JAXSEG_COL_VECS,
+    kWideLines,
     kBf16Dot,
     {Typed<DType::kF32, DType::kF32>(), Typed<DType::kF64, DType::kF64>(), Typed<DType::kBF16, DType::kBF16>(),
      Typed<DType::kBF16, DType::kF32>(), Typed<DType::kF16, DType::kF16>(), Typed<DType::kF16, DType::kF32>()}};

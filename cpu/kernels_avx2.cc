@@ -1,7 +1,9 @@
-// The CPU micro-kernels built for AVX2 + FMA (flags in CMakeLists.txt); chosen at run time. A register tile of 4
-// rows x 1 vector (two ymm registers each).
+// The CPU micro-kernels built for AVX2 + FMA (flags in CMakeLists.txt); chosen at run time. A register tile of 6
+// rows x 1 line of 16 floats (two ymm registers): 12 accumulators of the 16 registers, the panel's two vectors and
+// the broadcast in the rest.
 #define JAXSEG_ISA avx2
 #define JAXSEG_ISA_NAME "avx2"
-#define JAXSEG_ROWS 4
+#define JAXSEG_VECTOR_BYTES 32
+#define JAXSEG_ROWS 6
 #define JAXSEG_COL_VECS 1
 #include "cpu/kernel_table.h"

@@ -3,6 +3,7 @@
 // vdpbf16ps (cpu/bf16_dot.h) instead of widened to float32.
 #define JAXSEG_ISA avx512_bf16
 #define JAXSEG_ISA_NAME "avx512_bf16"
+#define JAXSEG_VECTOR_BYTES 64
 #define JAXSEG_ROWS 8
 #define JAXSEG_COL_VECS 2
 #define JAXSEG_WIDE_COL_VECS 3

@@ -1,11 +1,16 @@
-// Vectors and register tiles of one kernel build: the tile shape of the instruction set, 64-byte vectors of the
-// accumulation type (GCC vector extensions, which the compiler lowers to one AVX-512, two AVX2 or four SSE
-// registers), loads at any address, stores of a tile to its rows, and the sum of a vector's lanes.
+// Vectors and register tiles of one kernel build: the tile shape of the instruction set, vectors of the
+// accumulation type as wide as the build's registers (GCC vector extensions), loads at any address, stores of a
+// tile to its rows, and the sum of a vector's lanes.
+//
+// The planning side counts columns in 64-byte lines (KernelSet::col_vecs, the panels' and partial sums' layout);
+// a build whose registers are narrower holds a line in 64 / JAXSEG_VECTOR_BYTES registers. The vectors must be
+// the registers' width: GCC keeps a vector wider than any register of the target in memory, and every FMA of a
+// tile then loads and stores it (the avx2 and generic builds ran at a tenth of their FMA rate so, NOTES).
 //
 // Compiled once per instruction set, for the micro-kernels only (cpu/kernel_set.h): the including
-// cpu/kernels_<isa>.cc defines JAXSEG_ISA (the namespace) and the tile JAXSEG_ROWS x JAXSEG_COL_VECS (optionally
-// JAXSEG_WIDE_COL_VECS, and JAXSEG_BF16_DOT where the build has the bf16 dot product), and is built with the
-// instruction set's flags.
+// cpu/kernels_<isa>.cc defines JAXSEG_ISA (the namespace), JAXSEG_VECTOR_BYTES (its registers' width) and the tile
+// JAXSEG_ROWS x JAXSEG_COL_VECS in lines (optionally JAXSEG_WIDE_COL_VECS, and JAXSEG_BF16_DOT where the build has
+// the bf16 dot product), and is built with the instruction set's flags.
 #ifndef JAXSEG_CPU_SIMD_H_
 #define JAXSEG_CPU_SIMD_H_
 
@@ -15,22 +20,27 @@
 
 #include "cpu/numeric.h"
 
-#if !defined(JAXSEG_ISA) || !defined(JAXSEG_ROWS) || !defined(JAXSEG_COL_VECS)
+#if !defined(JAXSEG_ISA) || !defined(JAXSEG_ROWS) || !defined(JAXSEG_COL_VECS) || !defined(JAXSEG_VECTOR_BYTES)
 #error "cpu/simd.h belongs to a kernel build: include it from cpu/kernels_<isa>.cc"
 #endif
 
 namespace jaxseg::cpu::JAXSEG_ISA {
 namespace {
 
-// The register tile of the products: kRows rows x kColVecs vectors.
+// Bytes per vector register, and registers per 64-byte line of the planning side.
+constexpr int kVectorBytes = JAXSEG_VECTOR_BYTES;
+static_assert(kVectorBytes == 16 || kVectorBytes == 32 || kVectorBytes == 64);
+constexpr int kVectorsPerLine = 64 / kVectorBytes;
+// The register tile of the products: kRows rows x kColVecs vectors (JAXSEG_COL_VECS lines).
 constexpr int kRows = JAXSEG_ROWS;
-constexpr int kColVecs = JAXSEG_COL_VECS;
-// The widest tile (in vectors, kRows rows) for a product with few columns, where the register file allows more
-// than kColVecs: the forward with few output channels (ImageForwardItem in cpu/forward.h).
+constexpr int kColVecs = JAXSEG_COL_VECS * kVectorsPerLine;
+// The widest tile (kRows rows) for a product with few columns, where the register file allows more than
+// kColVecs: the forward with few output channels (ImageForwardItem in cpu/forward.h). In lines, as the planning
+// side counts.
 #ifndef JAXSEG_WIDE_COL_VECS
 #define JAXSEG_WIDE_COL_VECS JAXSEG_COL_VECS
 #endif
-constexpr int kWideColVecs = JAXSEG_WIDE_COL_VECS;
+constexpr int kWideLines = JAXSEG_WIDE_COL_VECS;
 
 // Builds with the bf16 dot-product instruction (JAXSEG_BF16_DOT) multiply bfloat16 operands as pairs, accumulating
 // in float32 (cpu/bf16_dot.h), instead of widening each element to float32 for an FMA.
@@ -42,21 +52,21 @@ constexpr bool kBf16Dot = false;
 template <typename T>
 constexpr bool kPairs = kBf16Dot && std::is_same_v<T, bf16_t>;
 
-typedef float VecF32 __attribute__((vector_size(64)));
-typedef double VecF64 __attribute__((vector_size(64)));
+typedef float VecF32 __attribute__((vector_size(kVectorBytes)));
+typedef double VecF64 __attribute__((vector_size(kVectorBytes)));
 // The same vectors at any element address (loads compile to unaligned moves). Not usable as template arguments,
 // which drop the alignment attribute: LoadUnaligned picks one.
-typedef float VecF32U __attribute__((vector_size(64), aligned(4)));
-typedef double VecF64U __attribute__((vector_size(64), aligned(8)));
+typedef float VecF32U __attribute__((vector_size(kVectorBytes), aligned(4)));
+typedef double VecF64U __attribute__((vector_size(kVectorBytes), aligned(8)));
 
-typedef int32_t MaskF32 __attribute__((vector_size(64)));
-typedef int64_t MaskF64 __attribute__((vector_size(64)));
+typedef int32_t MaskF32 __attribute__((vector_size(kVectorBytes)));
+typedef int64_t MaskF64 __attribute__((vector_size(kVectorBytes)));
 
 template <typename Acc>
 struct Vec {
   using type = std::conditional_t<std::is_same_v<Acc, double>, VecF64, VecF32>;
   using mask = std::conditional_t<std::is_same_v<Acc, double>, MaskF64, MaskF32>;  // lanes of all ones or zeros
-  static constexpr int kWidth = 64 / sizeof(Acc);
+  static constexpr int kWidth = kVectorBytes / sizeof(Acc);
   static constexpr int kCols = kColVecs * kWidth;
 };
 
@@ -128,22 +138,29 @@ inline void StoreTile(const typename Vec<Acc>::type (&acc)[kRows][CV], U* const 
   }
 }
 
-// The sum of a vector's lanes, by halving (fewer dependent adds than a lane-by-lane sum).
+// The sum of a vector's lanes, by halving down to 16 bytes (fewer dependent adds than a lane-by-lane sum).
+template <typename Acc, int kBytes>
+inline Acc SumLanes(const Acc (&v)[kBytes / sizeof(Acc)]) {
+  if constexpr (kBytes == 16) {
+    Acc sum = 0;
+    for (const Acc l : v) sum += l;
+    return sum;
+  } else {
+    typedef Acc Half __attribute__((vector_size(kBytes / 2)));
+    Half h[2];
+    std::memcpy(h, v, sizeof(h));
+    const Half a = h[0] + h[1];
+    Acc lanes[kBytes / 2 / sizeof(Acc)];
+    std::memcpy(lanes, &a, sizeof(lanes));
+    return SumLanes<Acc, kBytes / 2>(lanes);
+  }
+}
+
 template <typename Acc>
 inline Acc HorizontalSum(const typename Vec<Acc>::type& v) {
-  typedef Acc Half __attribute__((vector_size(32)));
-  typedef Acc Quarter __attribute__((vector_size(16)));
-  Half h[2];
-  std::memcpy(h, &v, sizeof(h));
-  const Half a = h[0] + h[1];
-  Quarter q[2];
-  std::memcpy(q, &a, sizeof(q));
-  const Quarter b = q[0] + q[1];
-  Acc lanes[16 / sizeof(Acc)];
-  std::memcpy(lanes, &b, sizeof(lanes));
-  Acc sum = 0;
-  for (const Acc l : lanes) sum += l;
-  return sum;
+  Acc lanes[Vec<Acc>::kWidth];
+  std::memcpy(lanes, &v, sizeof(lanes));
+  return SumLanes<Acc, kVectorBytes>(lanes);
 }
 
 }  // namespace
