@@ -23,7 +23,8 @@ LAYERS = {"layers": [
 
 
 @pytest.mark.cpu_only
-def test_cli_runs_and_writes_results(tmp_path, capsys):
+def test_cli_runs_and_writes_results(tmp_path, capsys, monkeypatch):
+  monkeypatch.delenv("JAXSEG_COMMIT", raising=False)
   layers = tmp_path / "layers.json"
   layers.write_text(json.dumps(LAYERS))
   out, png = tmp_path / "r.json", tmp_path / "r.png"
@@ -172,3 +173,10 @@ def test_report_refuses_other_json(tmp_path):
   other.write_text(json.dumps({"schema": "something/1"}))
   with pytest.raises(ValueError, match="not a jaxseg bench result"):
     report.load(str(other))
+
+
+def test_provenance_commit_from_the_environment(monkeypatch):
+  # An installed wheel has no checkout to ask: JAXSEG_COMMIT names the commit it was built from.
+  monkeypatch.setenv("JAXSEG_COMMIT", "0123456789abcdef0123456789abcdef01234567")
+  prov = cli._provenance()
+  assert prov["commit"] == "0123456789abcdef0123456789abcdef01234567" and prov["dirty"] is None

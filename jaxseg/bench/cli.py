@@ -387,9 +387,11 @@ def _provenance():
   updated after each row."""
   import datetime
 
-  commit = _git("rev-parse", "HEAD")
+  # An installed wheel knows no commit: JAXSEG_COMMIT names the one it was built from (as benchmarks/gpu.sh does).
+  commit = os.environ.get("JAXSEG_COMMIT") or _git("rev-parse", "HEAD")
   # Tracked files only: a local change to the code measured is worth knowing, untracked results are not.
-  dirty = None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no"))
+  dirty = None if commit is None or "JAXSEG_COMMIT" in os.environ else \
+      bool(_git("status", "--porcelain", "--untracked-files=no"))
   try:
     usable = len(os.sched_getaffinity(0))
   except AttributeError:
