@@ -69,7 +69,7 @@ struct WeightGradTapArgs {
   int64_t x_step = 0;
   int64_t y_grad_step = 0;
   int tile_rows = 0;      // the build's rows, or 1..4 (KernelSet::few_rows) for layers with few row channels
-  int tile_col_vecs = 0;  // the build's col_vecs, or KernelSet::few_col_vecs
+  int tile_col_vecs = 0;  // the build's col_vecs, or its few_col_vecs
   // Scratch for the bf16 pair panels (builds with bf16_dot, full-height tiles): pixel pointers and 64-byte lines,
   // sized by the plan (cpu/weight_grad.h).
   const void** a_px = nullptr;
@@ -107,11 +107,11 @@ struct KernelSet {
   int rows;           // rows of a register tile
   int col_vecs;       // 64-byte lines of columns in a register tile (a build may hold a line in several registers)
   int wide_col_vecs;  // the widest tile for products with few columns (the forward's per-image form)
+  int few_col_vecs;   // lines of the weight gradient's tile for 1-4 row channels (up to few_rows x this)
   bool bf16_dot;      // bfloat16 operands are multiplied as pairs (cpu/bf16_dot.h), panels hold bf16 pairs
   TypedKernels typed[kNumDTypePairs];
 
-  static constexpr int few_rows = 4;       // the weight gradient's tile for 1-4 row channels:
-  static constexpr int few_col_vecs = 4;   // few_rows x few_col_vecs vectors in every build
+  static constexpr int few_rows = 4;  // the weight gradient's tile for 1-4 row channels: as many rows as there are
 };
 
 namespace generic {

@@ -66,7 +66,7 @@ void NarrowBlockKernel(const GatherBlockArgs& a) {
 
 template <typename T, typename Acc>
 void WeightGradTapKernel(const WeightGradTapArgs& a) {
-  constexpr int kFew = KernelSet::few_col_vecs * kVectorsPerLine;
+  constexpr int kFew = kFewLines * kVectorsPerLine;
   if (a.tile_col_vecs * kVectorsPerLine == kColVecs && a.tile_rows == kRows)
     return WeightGradTap<T, Acc, kRows, kColVecs>(a);
   switch (a.tile_rows) {
@@ -101,6 +101,7 @@ const KernelSet kKernels{
     kRows,
     JAXSEG_COL_VECS,
     kWideLines,
+    kFewLines,
     kBf16Dot,
     {Typed<DType::kF32, DType::kF32>(), Typed<DType::kF64, DType::kF64>(), Typed<DType::kBF16, DType::kBF16>(),
      Typed<DType::kBF16, DType::kF32>(), Typed<DType::kF16, DType::kF16>(), Typed<DType::kF16, DType::kF32>()}};

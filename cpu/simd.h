@@ -30,6 +30,15 @@ namespace {
 // Bytes per vector register, and registers per 64-byte line of the planning side.
 constexpr int kVectorBytes = JAXSEG_VECTOR_BYTES;
 static_assert(kVectorBytes == 16 || kVectorBytes == 32 || kVectorBytes == 64);
+// The widest register the build's flags give: a vector wider than that would live in memory (see above).
+#if defined(__AVX512F__)
+constexpr int kRegisterBytes = 64;
+#elif defined(__AVX__)
+constexpr int kRegisterBytes = 32;
+#else
+constexpr int kRegisterBytes = 16;
+#endif
+static_assert(kVectorBytes <= kRegisterBytes, "JAXSEG_VECTOR_BYTES wider than this build's vector registers");
 constexpr int kVectorsPerLine = 64 / kVectorBytes;
 // The register tile of the products: kRows rows x kColVecs vectors (JAXSEG_COL_VECS lines).
 constexpr int kRows = JAXSEG_ROWS;
@@ -41,6 +50,11 @@ constexpr int kColVecs = JAXSEG_COL_VECS * kVectorsPerLine;
 #define JAXSEG_WIDE_COL_VECS JAXSEG_COL_VECS
 #endif
 constexpr int kWideLines = JAXSEG_WIDE_COL_VECS;
+// The weight gradient's tile for 1-4 row channels: up to KernelSet::few_rows rows x JAXSEG_FEW_COL_VECS lines.
+#ifndef JAXSEG_FEW_COL_VECS
+#define JAXSEG_FEW_COL_VECS 4
+#endif
+constexpr int kFewLines = JAXSEG_FEW_COL_VECS;
 
 // Builds with the bf16 dot-product instruction (JAXSEG_BF16_DOT) multiply bfloat16 operands as pairs, accumulating
 // in float32 (cpu/bf16_dot.h), instead of widening each element to float32 for an FMA.

@@ -30,9 +30,8 @@ namespace {
 
 // The tile: the build's register tile (the forward's shape; other shapes were no faster), or, when there are only
 // a few row channels (a layer with 1-3 output channels), as many rows as there are (at most KernelSet::few_rows)
-// x KernelSet::few_col_vecs vectors, so no FMA is spent on a repeated row.
+// x the build's few_col_vecs lines, so no FMA is spent on a repeated row.
 constexpr int kFewRows = KernelSet::few_rows;
-constexpr int kFewColVecs = KernelSet::few_col_vecs;
 constexpr int64_t kVecBytes = 64;
 // An item owns this many register tiles of row channels and walks the pixels in chunks of about kChunkPixels,
 // updating all of its tiles from each chunk while the chunk's activations are in cache.
@@ -254,7 +253,7 @@ bool PrepareWeightGrad(WeightGradPlan& plan, int64_t workers) {
   plan.few_rows = rows <= kFewRows;
   // A tile exactly as tall as the row channels where there are few: no FMA on a repeated row.
   plan.tile_rows = plan.few_rows ? static_cast<int>(std::min<int64_t>(rows, kFewRows)) : kernels.rows;
-  plan.tile_col_vecs = plan.few_rows ? kFewColVecs : kernels.col_vecs;
+  plan.tile_col_vecs = plan.few_rows ? kernels.few_col_vecs : kernels.col_vecs;
   // Pairs only in full-height tiles (cpu/weight_grad_tile.h).
   plan.pairs = Pairs<T>(kernels) && !plan.few_rows;
   const int64_t block = (plan.few_rows ? kFewRows : kernels.rows) * kWeightGradRowTiles;
