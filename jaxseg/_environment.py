@@ -106,7 +106,7 @@ def format_environment_info(info: dict) -> str:
   lines.append(f"GPU kernels: {state} (set by {switch['set_by']}; the default is "
                f"{'on' if switch['default'] else 'off until validated on hardware'})")
   if not info["gpus"]:
-    lines.append(f"GPUs:        none ({info['gpus_error'] or 'jax lists no GPU'})")
+    lines.append(f"GPUs:        none ({_no_gpu_reason(info['gpus_error'])})")
   for gpu in info["gpus"]:
     head = f"GPU {gpu['id']}:       {gpu['kind']}, compute capability {gpu['compute_capability']}: "
     if gpu["jaxseg_kernels"]:
@@ -114,6 +114,15 @@ def format_environment_info(info: dict) -> str:
     else:
       lines.append(head + f"XLA's convolution ({gpu['why_not']}; {gpu['fix']})")
   return "\n".join(lines)
+
+
+def _no_gpu_reason(error):
+  """Why jax sees no GPU: plain words for jax's "unknown backend" message, jax's own message for any other."""
+  if not error:
+    return "jax lists no GPU"
+  if error.startswith("Unknown backend"):  # jax's words for a jaxlib without a GPU plugin, or JAX_PLATFORMS
+    return "this jax has no GPU backend: a CPU-only install, or JAX_PLATFORMS leaves it out"
+  return error
 
 
 def print_environment_info(file: IO[str] | None = None) -> None:
