@@ -7,11 +7,11 @@ The disassembler comes from the PyPI wheels nvidia-cuda-cuobjdump and nvidia-cud
 ptxas report from recompiling cuda/kernels.cu with the nvcc on PATH. Each test is skipped, saying why, where its
 tool or the CUDA module is missing."""
 
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
-import sysconfig
 from pathlib import Path
 
 import jax
@@ -46,16 +46,16 @@ TENSOR_CORE_KERNELS = {
 }
 
 
-def _tool(name):
-  """A CUDA binary tool from PATH or from the nvidia-cuda-* wheels (nvidia/cu13/bin in site-packages)."""
-  found = shutil.which(name)
-  if found:
-    return found
-  for key in ("purelib", "platlib"):
-    path = Path(sysconfig.get_paths()[key]) / "nvidia" / "cu13" / "bin" / name
-    if path.exists():
-      return str(path)
-  return None
+def _load_sass_mix():
+  """benchmarks/sass_mix.py (a script, not a package): the SASS tools' lookup and the main loops' mix."""
+  spec = importlib.util.spec_from_file_location("sass_mix", ROOT / "benchmarks" / "sass_mix.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+sass_mix = _load_sass_mix()
+_tool = sass_mix.tool
 
 
 def _module_path():
@@ -131,6 +131,22 @@ def test_tensor_core_kernels_use_mma_and_async_copies():
     for f in functions:
       code = "\n".join(sass[(arch, f)])
       assert not re.search(r"\b(LDL|STL)\b", code), (arch, f)
+
+
+def test_main_loop_mix_is_measured_for_every_tiled_kernel():
+  """benchmarks/sass_mix.py finds, for every tiled kernel on sm_80 and sm_90, the innermost loop holding its HMMA
+  (issue 24's measure; benchmarks/NOTES.md records the figures): as many HMMA as the tile needs per k-step, fewer
+  than all the loop's instructions."""
+  _cuobjdump("--list-elf")  # skips, saying why, without the tools or the module
+  rows = sass_mix.measure(_module_path(), ["sm_80", "sm_90"])
+  tiled = {(kernel, math) for kernel, math in TENSOR_CORE_KERNELS}
+  for arch in ("sm_80", "sm_90"):
+    found = {r["kernel"] for r in rows if r["arch"] == arch}
+    for kernel, math in tiled:
+      assert any(name.startswith(f"{kernel}<{math}, 128") for name in found), (arch, kernel, math)
+      assert any(name.startswith(f"{kernel}<{math}, 64") for name in found), (arch, kernel, math)
+  for r in rows:
+    assert r["hmma"] % 16 == 0 and 0 < r["hmma"] < r["instructions"], r
 
 
 @pytest.fixture(scope="module")
