@@ -424,7 +424,36 @@ struct WeightGradPlan {
 // What the host knows about the device when it plans.
 struct DeviceInfo {
   int32_t multiprocessors = 132;
+  // Tiled weight-gradient CTAs resident per multiprocessor, for the 64- and the 128-column tile: the occupancy
+  // API's answer for the kernel launched (cuda/kernels.cu, WeightGradDevice); without a device (the lowering sizing
+  // the partials' buffer, the executor), the 2 its launch bounds guarantee.
+  int32_t weight_grad_resident[2] = {2, 2};
+  int32_t WeightGradResident(int tile_n) const { return weight_grad_resident[tile_n == 64 ? 0 : 1]; }
 };
+
+// Splits of the tiled weight gradient's pixels for `base` blocks per split, at most `most`: the count whose
+// launch ends soonest in whole waves of `wave` resident CTAs, each block doing 1/splits of the pixels
+// (ceil(base * s / wave) / s), preferring fewer splits (less partial traffic) unless more are 3 % faster. Only
+// counts up to twice the "four blocks per multiprocessor" count are weighed: beyond, the partials' reduction
+// would cost more than the tail saves.
+constexpr int64_t WholeWaveSplits(int64_t base, int64_t wave, int64_t fill, int64_t most) {
+  const int64_t limit = fill * 2 < most ? fill * 2 : most;
+  int64_t best = 1;
+  double best_waves = static_cast<double>((base + wave - 1) / wave);
+  for (int64_t s = 2; s <= limit; ++s) {
+    const double waves = static_cast<double>((base * s + wave - 1) / wave) / static_cast<double>(s);
+    if (waves < best_waves * 0.97) {
+      best = s;
+      best_waves = waves;
+    }
+  }
+  return best;
+}
+// 100 blocks a split on 132 multiprocessors x 2: "four per multiprocessor" took 6 splits, 600 blocks in 3 waves
+// (2.27 of work); 5 splits take 2 waves of 500.
+static_assert(WholeWaveSplits(100, 264, 6, 1000) == 5);
+static_assert(WholeWaveSplits(528, 264, 1, 1000) == 1);  // two whole waves already
+static_assert(WholeWaveSplits(600, 264, 1, 1000) == 2);  // 3 waves for 2.27 of work; split, 5 waves of half the work
 
 // Tensor-core tiles (cuda/tiled_cta.h; the device code instantiates exactly these): 128 rows, 128 or 64 result
 // columns, 64 bytes of K per stage (32 16-bit elements, 16 float32 ones).
@@ -641,15 +670,20 @@ inline WeightGradPlan MakeWeightGradPlan(const ConvShape& shape, DType operand, 
   }
   p.tiles_m = static_cast<int32_t>(CeilDivHD(p.c_m, p.tile_m));
   p.tiles_n = static_cast<int32_t>(CeilDivHD(p.c_n, p.tile_n));
-  // Split the pixels until the launch fills the device about four times over, keeping at least 8 k-steps per
-  // split and the partials within the scratch cap.
+  // Split the pixels until the launch fills the device about four times over (the tiled path: in whole waves of
+  // its resident CTAs), keeping at least 8 k-steps per split and the partials within the scratch cap.
   const int64_t base = p.groups * p.taps * p.tiles_m * p.tiles_n;
   const int64_t per_block = path == Path::kTiled ? 1 : kDirectThreads;
   const int64_t want = CeilDivHD(4 * static_cast<int64_t>(device.multiprocessors) * per_block, base);
-  const int64_t most_splits = CeilDivHD(most_pixels, 8 * static_cast<int64_t>(p.k_block));
-  int64_t splits = want < most_splits ? want : most_splits;
   const int64_t bytes_per_split = p.partial_elements() * (operand == DType::kF64 ? 8 : 4);
-  if (splits * bytes_per_split > max_partial_bytes) splits = max_partial_bytes / bytes_per_split;
+  const int64_t fit = max_partial_bytes / bytes_per_split;
+  int64_t most_splits = CeilDivHD(most_pixels, 8 * static_cast<int64_t>(p.k_block));
+  most_splits = fit < most_splits ? fit : most_splits;
+  int64_t splits = want < most_splits ? want : most_splits;
+  if (path == Path::kTiled && most_splits > 1) {
+    const int64_t wave = static_cast<int64_t>(device.multiprocessors) * device.WeightGradResident(p.tile_n);
+    splits = WholeWaveSplits(base, wave, want, most_splits);
+  }
   p.splits = static_cast<int32_t>(splits < 1 ? 1 : splits > 65535 ? 65535 : splits);
   if (path == Path::kTiled) {
     p.blocks = base * p.splits;

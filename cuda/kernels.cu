@@ -18,6 +18,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -573,11 +574,52 @@ cudaError_t LaunchGather(const ConvCall& call, size_t result_bytes, Precision pr
 
 // `partials` is the call's second result, sized by the lowering (WeightGradPartialBytes): the plan splits within
 // it, so the pass allocates nothing at run time and can be captured into a CUDA graph.
+// CTAs of TiledWeightGradKernel<Math, N> resident per multiprocessor of the current device, from the occupancy
+// calculator, asked once per device; 0 where it cannot say (the plan then keeps its default). A failed query's
+// error is cleared, so that no later cudaGetLastError reports it as a launch's.
+template <class Math, int N>
+int WeightGradResident() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> cache[kDevices] = {};  // 0: not yet asked; -1: the calculator could not say
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) return 0;
+  int r = cache[device].load(std::memory_order_relaxed);
+  if (r == 0) {
+    auto kernel = TiledWeightGradKernel<Math, N>;
+    constexpr int kSmem = tiled::Cta<N>::kWeightGradSmemBytes;
+    if (AllowSharedMemory(kernel, kSmem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&r, kernel, tiled::kThreads, kSmem) != cudaSuccess || r < 1) {
+      cudaGetLastError();
+      r = -1;
+    }
+    cache[device].store(r, std::memory_order_relaxed);
+  }
+  return r > 0 ? r : 0;
+}
+
+// The device as the weight gradient's plan needs it: the tiled kernels' residency for the call's arithmetic.
+DeviceInfo WeightGradDevice(const ConvCall& call, Precision precision, DeviceInfo device) {
+  DispatchDTypes<CudaTypes>(call.operand_type, call.result_type, [&](auto types) {
+    using T = typename decltype(types)::Operand;
+    if constexpr (std::is_same_v<typename decltype(types)::Accumulate, float>) {
+      WithMath<T>(precision, [&](auto math) {
+        const int resident[2] = {WeightGradResident<decltype(math), 64>(), WeightGradResident<decltype(math), 128>()};
+        for (int i = 0; i < 2; ++i)
+          if (resident[i] > 0) device.weight_grad_resident[i] = resident[i];
+        return cudaSuccess;
+      });
+    }
+  });
+  return device;
+}
+
 ffi::Error LaunchWeightGrad(const ConvCall& call, Precision precision, const DeviceInfo& device,
                             ffi::AnyBuffer partials, cudaStream_t stream, cudaError_t* status) {
   const int64_t partial_capacity = static_cast<int64_t>(partials.size_bytes());
+  const Path path = PathFor(Pass::kWeightGrad, call);
   const WeightGradPlan plan =
-      MakeWeightGradPlan(call, call.operand_type, PathFor(Pass::kWeightGrad, call), device, partial_capacity);
+      MakeWeightGradPlan(call, call.operand_type, path,
+                         path == Path::kTiled ? WeightGradDevice(call, precision, device) : device, partial_capacity);
   if (plan.blocks > kMaxBlocks) return ffi::Error::InvalidArgument("jaxseg (CUDA): weight gradient too large");
   if (PartialBytes(plan, call.operand_type) > partial_capacity || !Aligned16(partials.untyped_data()))
     return ffi::Error::InvalidArgument(

@@ -81,7 +81,7 @@ def test_a_buffer_lowered_for_fewer_multiprocessors_splits_less_and_stays_exact(
   dy = rng.integers(-2, 3, (1, 4, 80, 72, 32)).astype(np.float32)
   geometry = dict(strides=(2, 2), padding=[(1, 1), (1, 1)])
   small = _ext.cuda.weight_grad_partial_bytes([1, 4, 40, 36, 16], [1, 4, 80, 72, 32], [1, 2, 2, 16, 32], [2, 2],
-                                              [1, 1], [1, 1], [1, 1], False, "float32", 2)
+                                              [1, 1], [1, 1], [1, 1], False, "float32", 4)
   want, full = execute("weight_grad", x, dy, (1, 2, 2, 16, 32), precision=1, multiprocessors=132, **geometry)
   got, capped = execute("weight_grad", x, dy, (1, 2, 2, 16, 32), precision=1, multiprocessors=132,
                         partial_bytes=small, **geometry)
